@@ -1,0 +1,24 @@
+//! Custos value types: key names, versions, algorithms, public keys and signatures, with no I/O.
+//!
+//! Everything here is a plain value. The only behaviour is pure computation on those values: validating
+//! names, hashing messages, checking and normalising signatures, and encoding public keys (PEM and chain
+//! addresses). Every multi-byte value has an explicit byte order; nothing depends on the host's.
+
+mod address;
+mod algorithm;
+mod error;
+mod name;
+mod public_key;
+mod signature;
+mod version;
+
+pub use address::{ethereum_address, solana_address};
+pub use algorithm::{Algorithm, HashAlgorithm, SignatureFormat};
+pub use error::TypesError;
+pub use name::{KeyHandle, KeyName, ProviderName};
+pub use public_key::PublicKey;
+pub use signature::{SignPayload, Signature, DIGEST_LEN};
+pub use version::{KeyVersion, VersionState};
+
+/// A point in time, as Custos stores and shows it (UTC, nanosecond precision).
+pub use jiff::Timestamp;

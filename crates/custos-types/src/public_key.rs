@@ -1,0 +1,303 @@
+//! Public keys: validation, encodings (raw, PEM, chain address) and signature verification.
+
+use ::k256::elliptic_curve::sec1::ToEncodedPoint as _;
+use ::k256::pkcs8::{EncodePublicKey as _, LineEnding};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    address, Algorithm, SignPayload, Signature, SignatureFormat, TypesError, DIGEST_LEN,
+};
+
+/// A public key of one algorithm.
+///
+/// The bytes are canonical: 32 bytes for Ed25519, 65-byte uncompressed SEC1 (`04 ‖ x ‖ y`, big-endian) for
+/// ECDSA. The constructor checks that they decode to a valid point.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PublicKey {
+    algorithm: Algorithm,
+    bytes: Vec<u8>,
+}
+
+// ECDSA work is the same for both curves but the types differ; one macro body serves both.
+macro_rules! ecdsa_ops {
+    ($module:ident, $curve:ident) => {
+        pub(crate) mod $module {
+            use super::*;
+            use ::$curve::ecdsa::signature::hazmat::PrehashVerifier as _;
+            use ::$curve::ecdsa::{Signature as EcSig, VerifyingKey};
+            use ::ecdsa::RecoveryId;
+
+            pub(crate) fn canonical(bytes: &[u8]) -> Option<Vec<u8>> {
+                let key = ::$curve::PublicKey::from_sec1_bytes(bytes).ok()?;
+                Some(key.to_encoded_point(false).as_bytes().to_vec())
+            }
+
+            pub(crate) fn pem(bytes: &[u8]) -> Option<String> {
+                let key = ::$curve::PublicKey::from_sec1_bytes(bytes).ok()?;
+                key.to_public_key_pem(LineEnding::LF).ok()
+            }
+
+            pub(crate) fn decode(
+                alg: Algorithm,
+                sig: &[u8],
+                format: SignatureFormat,
+            ) -> Result<EcSig, TypesError> {
+                let parsed = match format {
+                    SignatureFormat::Raw => EcSig::from_slice(sig),
+                    SignatureFormat::Der => EcSig::from_der(sig),
+                };
+                let parsed = parsed.map_err(|_| TypesError::MalformedSignature(alg))?;
+                Ok(parsed.normalize_s().unwrap_or(parsed))
+            }
+
+            pub(crate) fn check(
+                alg: Algorithm,
+                key: &[u8],
+                digest: &[u8; DIGEST_LEN],
+                sig: EcSig,
+            ) -> Result<Signature, TypesError> {
+                let vk = VerifyingKey::from_sec1_bytes(key)
+                    .map_err(|_| TypesError::InvalidPublicKey(alg))?;
+                vk.verify_prehash(digest, &sig)
+                    .map_err(|_| TypesError::BadSignature)?;
+                let rid = RecoveryId::trial_recovery_from_prehash(&vk, digest, &sig)
+                    .map_err(|_| TypesError::BadSignature)?;
+                let mut raw = [0u8; 64];
+                raw.copy_from_slice(&sig.to_bytes());
+                Ok(Signature::new(alg, raw, Some(rid.to_byte())))
+            }
+        }
+    };
+}
+ecdsa_ops!(ec_k256, k256);
+ecdsa_ops!(ec_p256, p256);
+
+impl PublicKey {
+    /// Checks and canonicalises public key bytes (ECDSA keys may be given compressed or uncompressed).
+    pub fn from_bytes(algorithm: Algorithm, bytes: &[u8]) -> Result<PublicKey, TypesError> {
+        let canonical = match algorithm {
+            Algorithm::Ed25519 => {
+                let arr: [u8; 32] = bytes
+                    .try_into()
+                    .map_err(|_| TypesError::InvalidPublicKey(algorithm))?;
+                ed25519_dalek::VerifyingKey::from_bytes(&arr)
+                    .map_err(|_| TypesError::InvalidPublicKey(algorithm))?;
+                Some(arr.to_vec())
+            }
+            Algorithm::Secp256k1 => ec_k256::canonical(bytes),
+            Algorithm::P256 => ec_p256::canonical(bytes),
+        };
+        let bytes = canonical.ok_or(TypesError::InvalidPublicKey(algorithm))?;
+        Ok(PublicKey { algorithm, bytes })
+    }
+
+    /// The key's algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The canonical key bytes (32 for Ed25519, 65 uncompressed SEC1 for ECDSA).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The key as a PEM `PUBLIC KEY` (SubjectPublicKeyInfo), as OpenSSL reads it.
+    pub fn to_pem(&self) -> String {
+        let pem = match self.algorithm {
+            Algorithm::Ed25519 => self.ed25519().and_then(|k| k.to_public_key_pem(LineEnding::LF).ok()),
+            Algorithm::Secp256k1 => ec_k256::pem(&self.bytes),
+            Algorithm::P256 => ec_p256::pem(&self.bytes),
+        };
+        // The bytes were validated at construction, so encoding cannot fail.
+        pem.unwrap_or_default()
+    }
+
+    /// The chain address, where one applies: Solana for Ed25519, Ethereum (EIP-55) for secp256k1.
+    pub fn address(&self) -> Option<String> {
+        match self.algorithm {
+            Algorithm::Ed25519 => {
+                let arr: &[u8; 32] = self.bytes.as_slice().try_into().ok()?;
+                Some(address::solana_address(arr))
+            }
+            Algorithm::Secp256k1 => {
+                let arr: &[u8; 65] = self.bytes.as_slice().try_into().ok()?;
+                Some(address::ethereum_address(arr))
+            }
+            Algorithm::P256 => None,
+        }
+    }
+
+    fn ed25519(&self) -> Option<ed25519_dalek::VerifyingKey> {
+        let arr: [u8; 32] = self.bytes.as_slice().try_into().ok()?;
+        ed25519_dalek::VerifyingKey::from_bytes(&arr).ok()
+    }
+
+    fn check_payload(&self, payload: &SignPayload) -> Result<(), TypesError> {
+        match (self.algorithm.is_ecdsa(), payload) {
+            (false, SignPayload::Message(_)) | (true, SignPayload::Digest(_)) => Ok(()),
+            (false, SignPayload::Digest(_)) => Err(TypesError::NotSupported(
+                "ed25519 signs the message itself, not a digest",
+            )),
+            (true, SignPayload::Message(_)) => Err(TypesError::NotSupported(
+                "ECDSA signs a 32-byte digest; hash the message first",
+            )),
+        }
+    }
+
+    /// Decodes `signature` in `format`, checks it against `payload`, and returns it normalised.
+    ///
+    /// This is the check every provider's output passes before Custos returns it, and the check behind the
+    /// verify API. ECDSA signatures with a high s are accepted and returned with low s.
+    pub fn verify(
+        &self,
+        payload: &SignPayload,
+        signature: &[u8],
+        format: SignatureFormat,
+    ) -> Result<Signature, TypesError> {
+        self.check_payload(payload)?;
+        let alg = self.algorithm;
+        match (alg, payload) {
+            (Algorithm::Ed25519, SignPayload::Message(message)) => {
+                if format == SignatureFormat::Der {
+                    return Err(TypesError::NotSupported(
+                        "DER encoding applies to ECDSA signatures only",
+                    ));
+                }
+                let raw: [u8; 64] = signature
+                    .try_into()
+                    .map_err(|_| TypesError::MalformedSignature(alg))?;
+                let key = self.ed25519().ok_or(TypesError::InvalidPublicKey(alg))?;
+                key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&raw))
+                    .map_err(|_| TypesError::BadSignature)?;
+                Ok(Signature::new(alg, raw, None))
+            }
+            (Algorithm::Secp256k1, SignPayload::Digest(digest)) => {
+                let sig = ec_k256::decode(alg, signature, format)?;
+                ec_k256::check(alg, &self.bytes, digest, sig)
+            }
+            (Algorithm::P256, SignPayload::Digest(digest)) => {
+                let sig = ec_p256::decode(alg, signature, format)?;
+                ec_p256::check(alg, &self.bytes, digest, sig)
+            }
+            _ => Err(TypesError::NotSupported("payload does not match algorithm")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::HashAlgorithm;
+    use ed25519_dalek::Signer as _;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        hex::decode(s.split_whitespace().collect::<String>()).unwrap()
+    }
+
+    /// RFC 8032 section 7.1, tests 1, 2, 3 and SHA(abc).
+    #[test]
+    fn rfc8032_ed25519_vectors() {
+        let vectors = [
+            (
+                "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+                "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+                "",
+                "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155
+                 5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
+            ),
+            (
+                "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+                "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+                "72",
+                "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da
+                 085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00",
+            ),
+            (
+                "c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7",
+                "fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025",
+                "af82",
+                "6291d657deec24024827e69c3abe01a30ce548a284743a445e3680d7db5ac3ac
+                 18ff9b538d16f290ae67f760984dc6594a7c15e9716ed28dc027beceea1ec40a",
+            ),
+            (
+                "833fe62409237b9d62ec77587520911e9a759cec1d19755b7da901b96dca3d42",
+                "ec172b93ad5e563bf4932c70e1245034c35467ef2efd4d64ebf819683467e2bf",
+                "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a
+                 2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f",
+                "dc2a4459e7369633a52b1bf277839a00201009a3efbf3ecb69bea2186c26b589
+                 09351fc9ac90b3ecfdfbc7c66431e0303dca179c138ac17ad9bef1177331a704",
+            ),
+        ];
+        for (secret, public, message, signature) in vectors {
+            let secret: [u8; 32] = unhex(secret).try_into().unwrap();
+            let signing = ed25519_dalek::SigningKey::from_bytes(&secret);
+            let public = PublicKey::from_bytes(Algorithm::Ed25519, &unhex(public)).unwrap();
+            assert_eq!(signing.verifying_key().as_bytes(), public.as_bytes());
+            let message = unhex(message);
+            let sig = signing.sign(&message).to_bytes();
+            assert_eq!(sig.to_vec(), unhex(signature));
+            let payload = SignPayload::Message(message.clone());
+            public.verify(&payload, &sig, SignatureFormat::Raw).unwrap();
+            let mut bad = sig;
+            bad[0] ^= 1;
+            assert_eq!(
+                public.verify(&payload, &bad, SignatureFormat::Raw),
+                Err(TypesError::BadSignature)
+            );
+        }
+    }
+
+    /// RFC 6979 A.2.5 (P-256, SHA-256, message "sample"): a published deterministic ECDSA vector.
+    #[test]
+    fn rfc6979_p256_vector_verifies_and_round_trips_der() {
+        let x = "60FED4BA255A9D31C961EB74C6356D68C049B8923B61FA6CE669622E60F29FB6";
+        let y = "7903FE1008B8BC99A41AE9E95628BC64F2F1B20C2D7E9F5177A3C294D4462299";
+        let key = PublicKey::from_bytes(Algorithm::P256, &unhex(&format!("04{x}{y}"))).unwrap();
+        let r = "EFD48B2AACB6A8FD1140DD9CD45E81D69D2C877B56AAF991C34D0EA84EAF3716";
+        let s = "F7CB1C942D657C41D436C7A1B6E29F65F3E900DBB9AFF4064DC4AB2F843ACDA8";
+        let raw = unhex(&format!("{r}{s}"));
+        let digest = SignPayload::Digest(HashAlgorithm::Sha256.digest(b"sample"));
+        let sig = key.verify(&digest, &raw, SignatureFormat::Raw).unwrap();
+        // The published s is high; Custos returns the low-s twin, which verifies too.
+        assert_ne!(sig.raw().to_vec(), raw);
+        let der = sig.encode(SignatureFormat::Der).unwrap();
+        let again = key.verify(&digest, &der, SignatureFormat::Der).unwrap();
+        assert_eq!(again, sig);
+        assert!(sig.recovery_id().unwrap() <= 1);
+    }
+
+    #[test]
+    fn secp256k1_recovery_id_recovers_the_key() {
+        use k256::ecdsa::{RecoveryId, SigningKey, VerifyingKey};
+        let sk = SigningKey::random(&mut rand_core::OsRng);
+        let public = PublicKey::from_bytes(
+            Algorithm::Secp256k1,
+            sk.verifying_key().to_encoded_point(false).as_bytes(),
+        )
+        .unwrap();
+        let digest = HashAlgorithm::Keccak256.digest(b"hello");
+        let (sig, _) = sk.sign_prehash_recoverable(&digest).unwrap();
+        let checked = public
+            .verify(&SignPayload::Digest(digest), &sig.to_bytes(), SignatureFormat::Raw)
+            .unwrap();
+        let rid = RecoveryId::from_byte(checked.recovery_id().unwrap()).unwrap();
+        let sig = k256::ecdsa::Signature::from_slice(checked.raw()).unwrap();
+        let recovered = VerifyingKey::recover_from_prehash(&digest, &sig, rid).unwrap();
+        assert_eq!(&recovered, sk.verifying_key());
+        assert!(public.address().unwrap().starts_with("0x"));
+    }
+
+    #[test]
+    fn refuses_wrong_payloads_and_bad_keys() {
+        assert!(PublicKey::from_bytes(Algorithm::Ed25519, &[1u8; 31]).is_err());
+        assert!(PublicKey::from_bytes(Algorithm::P256, &[4u8; 65]).is_err());
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let public =
+            PublicKey::from_bytes(Algorithm::Ed25519, sk.verifying_key().as_bytes()).unwrap();
+        let err = public
+            .verify(&SignPayload::Digest([0; 32]), &[0; 64], SignatureFormat::Raw)
+            .unwrap_err();
+        assert!(matches!(err, TypesError::NotSupported(_)));
+        assert!(public.to_pem().starts_with("-----BEGIN PUBLIC KEY-----"));
+    }
+}
