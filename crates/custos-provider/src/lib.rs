@@ -1,1 +1,97 @@
-//! placeholder
+//! The `KeyProvider` trait every key backend implements, its error type, and its conformance suite.
+//!
+//! A provider holds private keys and signs with them; it never hands a private key across this trait.
+//! Keys are addressed by the opaque [`KeyHandle`] the provider issued when it generated (or adopted) the
+//! key. Custos core checks every signature a provider returns against the public key before using it, so a
+//! provider may return ECDSA signatures with a high s.
+
+mod error;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use custos_types::{Algorithm, KeyHandle, ProviderName, PublicKey, SignPayload};
+use serde::Serialize;
+
+pub use error::ProviderError;
+
+/// What a provider can do; shown to users and checked before a key is placed in a provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    /// Algorithms the provider can generate and sign with.
+    pub algorithms: Vec<Algorithm>,
+    /// Whether a private key can ever leave the provider (in any form, wrapped or not).
+    pub exportable: bool,
+    /// Whether the provider can take in key material generated elsewhere.
+    pub import: bool,
+}
+
+/// A key the provider has just generated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedKey {
+    /// The provider's reference to the key, to be stored by Custos.
+    pub handle: KeyHandle,
+    /// The key's public half.
+    pub public_key: PublicKey,
+}
+
+/// A provider's answer to a health probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProviderHealth {
+    /// Whether the provider can sign right now.
+    pub available: bool,
+    /// A short, non-secret explanation when it cannot.
+    pub detail: Option<String>,
+}
+
+impl ProviderHealth {
+    /// A healthy provider.
+    pub fn ok() -> Self {
+        Self {
+            available: true,
+            detail: None,
+        }
+    }
+}
+
+/// A key backend: the software keystore, a PKCS#11 token, a cloud KMS, a YubiHSM.
+///
+/// Implementations must be cheap to call concurrently; blocking back-ends move their work off the async
+/// runtime (`tokio::task::spawn_blocking`).
+#[async_trait]
+pub trait KeyProvider: Send + Sync + Debug {
+    /// The configured name of this provider instance.
+    fn name(&self) -> &ProviderName;
+
+    /// The provider family (`soft`, `pkcs11`, `awskms`, `yubihsm`).
+    fn kind(&self) -> &'static str;
+
+    /// What this provider can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Generates a new key inside the provider. `label` is a human-readable hint the provider may record
+    /// with the key (for example `custos:seq-1:v2`); it is not a secret and need not be unique.
+    async fn generate(
+        &self,
+        algorithm: Algorithm,
+        label: &str,
+    ) -> Result<GeneratedKey, ProviderError>;
+
+    /// The public key of a key the provider holds.
+    async fn public_key(&self, handle: &KeyHandle) -> Result<PublicKey, ProviderError>;
+
+    /// Signs `payload` with the key behind `handle` and returns the 64-byte raw signature (R‖S for
+    /// Ed25519, r‖s for ECDSA). `algorithm` is the key's algorithm as Custos recorded it.
+    async fn sign(
+        &self,
+        handle: &KeyHandle,
+        algorithm: Algorithm,
+        payload: &SignPayload,
+    ) -> Result<Vec<u8>, ProviderError>;
+
+    /// Probes the backend.
+    async fn health(&self) -> ProviderHealth;
+}

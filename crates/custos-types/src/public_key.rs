@@ -4,9 +4,7 @@ use ::k256::elliptic_curve::sec1::ToEncodedPoint as _;
 use ::k256::pkcs8::{EncodePublicKey as _, LineEnding};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    address, Algorithm, SignPayload, Signature, SignatureFormat, TypesError, DIGEST_LEN,
-};
+use crate::{address, Algorithm, SignPayload, Signature, SignatureFormat, TypesError, DIGEST_LEN};
 
 /// A public key of one algorithm.
 ///
@@ -23,9 +21,9 @@ macro_rules! ecdsa_ops {
     ($module:ident, $curve:ident) => {
         pub(crate) mod $module {
             use super::*;
+            use ::ecdsa::RecoveryId;
             use ::$curve::ecdsa::signature::hazmat::PrehashVerifier as _;
             use ::$curve::ecdsa::{Signature as EcSig, VerifyingKey};
-            use ::ecdsa::RecoveryId;
 
             pub(crate) fn canonical(bytes: &[u8]) -> Option<Vec<u8>> {
                 let key = ::$curve::PublicKey::from_sec1_bytes(bytes).ok()?;
@@ -104,7 +102,9 @@ impl PublicKey {
     /// The key as a PEM `PUBLIC KEY` (SubjectPublicKeyInfo), as OpenSSL reads it.
     pub fn to_pem(&self) -> String {
         let pem = match self.algorithm {
-            Algorithm::Ed25519 => self.ed25519().and_then(|k| k.to_public_key_pem(LineEnding::LF).ok()),
+            Algorithm::Ed25519 => self
+                .ed25519()
+                .and_then(|k| k.to_public_key_pem(LineEnding::LF).ok()),
             Algorithm::Secp256k1 => ec_k256::pem(&self.bytes),
             Algorithm::P256 => ec_p256::pem(&self.bytes),
         };
@@ -278,7 +278,11 @@ mod tests {
         let digest = HashAlgorithm::Keccak256.digest(b"hello");
         let (sig, _) = sk.sign_prehash_recoverable(&digest).unwrap();
         let checked = public
-            .verify(&SignPayload::Digest(digest), &sig.to_bytes(), SignatureFormat::Raw)
+            .verify(
+                &SignPayload::Digest(digest),
+                &sig.to_bytes(),
+                SignatureFormat::Raw,
+            )
             .unwrap();
         let rid = RecoveryId::from_byte(checked.recovery_id().unwrap()).unwrap();
         let sig = k256::ecdsa::Signature::from_slice(checked.raw()).unwrap();
@@ -295,7 +299,11 @@ mod tests {
         let public =
             PublicKey::from_bytes(Algorithm::Ed25519, sk.verifying_key().as_bytes()).unwrap();
         let err = public
-            .verify(&SignPayload::Digest([0; 32]), &[0; 64], SignatureFormat::Raw)
+            .verify(
+                &SignPayload::Digest([0; 32]),
+                &[0; 64],
+                SignatureFormat::Raw,
+            )
             .unwrap_err();
         assert!(matches!(err, TypesError::NotSupported(_)));
         assert!(public.to_pem().starts_with("-----BEGIN PUBLIC KEY-----"));

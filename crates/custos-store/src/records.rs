@@ -1,0 +1,108 @@
+//! The records the store keeps: keys, versions, locations, tokens and sealed key material.
+
+use custos_types::{
+    Algorithm, KeyHandle, KeyName, KeyVersion, ProviderName, PublicKey, Timestamp, VersionState,
+};
+
+/// A named key and all its versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// The key's name.
+    pub name: KeyName,
+    /// The algorithm of every version.
+    pub algorithm: Algorithm,
+    /// The ordered provider chain that holds each version (primary first).
+    pub providers: Vec<ProviderName>,
+    /// When the key was created.
+    pub created_at: Timestamp,
+    /// The versions, in ascending order.
+    pub versions: Vec<VersionRecord>,
+}
+
+impl KeyRecord {
+    /// The version in state `current`.
+    pub fn current(&self) -> Option<&VersionRecord> {
+        self.versions
+            .iter()
+            .find(|v| v.state == VersionState::Current)
+    }
+
+    /// One version by number.
+    pub fn version(&self, version: KeyVersion) -> Option<&VersionRecord> {
+        self.versions.iter().find(|v| v.version == version)
+    }
+}
+
+/// One version of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRecord {
+    /// Its number.
+    pub version: KeyVersion,
+    /// Its life-cycle state.
+    pub state: VersionState,
+    /// Its public key (the same in every location).
+    pub public_key: PublicKey,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// The providers that hold its private key, in chain order.
+    pub locations: Vec<Location>,
+}
+
+/// Where one version's private key lives: a provider and that provider's handle for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The provider instance.
+    pub provider: ProviderName,
+    /// The provider's handle for the key.
+    pub handle: KeyHandle,
+}
+
+/// An API token as stored: never the secret, only its SHA-256 hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// The public token id (the part before the secret).
+    pub id: String,
+    /// A human-readable name.
+    pub name: String,
+    /// SHA-256 of the token secret.
+    pub secret_hash: [u8; 32],
+    /// Scopes as strings (`admin`, `keys:create`, `sign:seq-*`, ...).
+    pub scopes: Vec<String>,
+    /// When it was issued.
+    pub created_at: Timestamp,
+    /// When it stops working, if ever.
+    pub expires_at: Option<Timestamp>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// Encrypted key material of the software provider. The store never sees the plaintext.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedKey {
+    /// The provider instance that sealed it.
+    pub provider: ProviderName,
+    /// The provider's handle for it.
+    pub handle: KeyHandle,
+    /// The key's algorithm.
+    pub algorithm: Algorithm,
+    /// The AEAD nonce.
+    pub nonce: Vec<u8>,
+    /// The AEAD ciphertext with its tag.
+    pub ciphertext: Vec<u8>,
+    /// When it was sealed.
+    pub created_at: Timestamp,
+}
+
+impl std::fmt::Debug for SealedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedKey")
+            .field("provider", &self.provider)
+            .field("handle", &self.handle)
+            .field("algorithm", &self.algorithm)
+            .field(
+                "ciphertext",
+                &format_args!("<{} bytes>", self.ciphertext.len()),
+            )
+            .finish()
+    }
+}
