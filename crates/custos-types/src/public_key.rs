@@ -9,11 +9,56 @@ use crate::{address, Algorithm, SignPayload, Signature, SignatureFormat, TypesEr
 /// A public key of one algorithm.
 ///
 /// The bytes are canonical: 32 bytes for Ed25519, 65-byte uncompressed SEC1 (`04 ‖ x ‖ y`, big-endian) for
-/// ECDSA. The constructor checks that they decode to a valid point.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// ECDSA. The constructor checks that they decode to a valid point and keeps the decoded point, so
+/// verification on the sign path never decompresses the key again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "PublicKeyRepr", into = "PublicKeyRepr")]
 pub struct PublicKey {
     algorithm: Algorithm,
     bytes: Vec<u8>,
+    parsed: Parsed,
+}
+
+/// The decoded point, for verification.
+#[derive(Debug, Clone)]
+enum Parsed {
+    Ed25519(ed25519_dalek::VerifyingKey),
+    Secp256k1(::k256::ecdsa::VerifyingKey),
+    P256(::p256::ecdsa::VerifyingKey),
+}
+
+#[derive(Serialize, Deserialize)]
+struct PublicKeyRepr {
+    algorithm: Algorithm,
+    bytes: Vec<u8>,
+}
+
+impl TryFrom<PublicKeyRepr> for PublicKey {
+    type Error = TypesError;
+    fn try_from(repr: PublicKeyRepr) -> Result<Self, TypesError> {
+        PublicKey::from_bytes(repr.algorithm, &repr.bytes)
+    }
+}
+
+impl From<PublicKey> for PublicKeyRepr {
+    fn from(key: PublicKey) -> Self {
+        PublicKeyRepr { algorithm: key.algorithm, bytes: key.bytes }
+    }
+}
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.algorithm == other.algorithm && self.bytes == other.bytes
+    }
+}
+
+impl Eq for PublicKey {}
+
+impl std::hash::Hash for PublicKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.algorithm.hash(state);
+        self.bytes.hash(state);
+    }
 }
 
 // ECDSA work is the same for both curves but the types differ; one macro body serves both.
@@ -25,15 +70,12 @@ macro_rules! ecdsa_ops {
             use ::$curve::ecdsa::signature::hazmat::PrehashVerifier as _;
             use ::$curve::ecdsa::{Signature as EcSig, VerifyingKey};
 
-            pub(crate) fn canonical(bytes: &[u8]) -> Option<Vec<u8>> {
+            pub(crate) fn canonical(bytes: &[u8]) -> Option<(Vec<u8>, VerifyingKey)> {
                 let key = ::$curve::PublicKey::from_sec1_bytes(bytes).ok()?;
-                Some(key.to_encoded_point(false).as_bytes().to_vec())
+                let canonical = key.to_encoded_point(false).as_bytes().to_vec();
+                Some((canonical, VerifyingKey::from(key)))
             }
 
-            pub(crate) fn pem(bytes: &[u8]) -> Option<String> {
-                let key = ::$curve::PublicKey::from_sec1_bytes(bytes).ok()?;
-                key.to_public_key_pem(LineEnding::LF).ok()
-            }
 
             pub(crate) fn decode(
                 alg: Algorithm,
@@ -50,15 +92,13 @@ macro_rules! ecdsa_ops {
 
             pub(crate) fn check(
                 alg: Algorithm,
-                key: &[u8],
+                vk: &VerifyingKey,
                 digest: &[u8; DIGEST_LEN],
                 sig: EcSig,
             ) -> Result<Signature, TypesError> {
-                let vk = VerifyingKey::from_sec1_bytes(key)
-                    .map_err(|_| TypesError::InvalidPublicKey(alg))?;
                 vk.verify_prehash(digest, &sig)
                     .map_err(|_| TypesError::BadSignature)?;
-                let rid = RecoveryId::trial_recovery_from_prehash(&vk, digest, &sig)
+                let rid = RecoveryId::trial_recovery_from_prehash(vk, digest, &sig)
                     .map_err(|_| TypesError::BadSignature)?;
                 let mut raw = [0u8; 64];
                 raw.copy_from_slice(&sig.to_bytes());
@@ -73,20 +113,23 @@ ecdsa_ops!(ec_p256, p256);
 impl PublicKey {
     /// Checks and canonicalises public key bytes (ECDSA keys may be given compressed or uncompressed).
     pub fn from_bytes(algorithm: Algorithm, bytes: &[u8]) -> Result<PublicKey, TypesError> {
-        let canonical = match algorithm {
+        let invalid = || TypesError::InvalidPublicKey(algorithm);
+        let (bytes, parsed) = match algorithm {
             Algorithm::Ed25519 => {
-                let arr: [u8; 32] = bytes
-                    .try_into()
-                    .map_err(|_| TypesError::InvalidPublicKey(algorithm))?;
-                ed25519_dalek::VerifyingKey::from_bytes(&arr)
-                    .map_err(|_| TypesError::InvalidPublicKey(algorithm))?;
-                Some(arr.to_vec())
+                let arr: [u8; 32] = bytes.try_into().map_err(|_| invalid())?;
+                let key = ed25519_dalek::VerifyingKey::from_bytes(&arr).map_err(|_| invalid())?;
+                (arr.to_vec(), Parsed::Ed25519(key))
             }
-            Algorithm::Secp256k1 => ec_k256::canonical(bytes),
-            Algorithm::P256 => ec_p256::canonical(bytes),
+            Algorithm::Secp256k1 => {
+                let (bytes, key) = ec_k256::canonical(bytes).ok_or_else(invalid)?;
+                (bytes, Parsed::Secp256k1(key))
+            }
+            Algorithm::P256 => {
+                let (bytes, key) = ec_p256::canonical(bytes).ok_or_else(invalid)?;
+                (bytes, Parsed::P256(key))
+            }
         };
-        let bytes = canonical.ok_or(TypesError::InvalidPublicKey(algorithm))?;
-        Ok(PublicKey { algorithm, bytes })
+        Ok(PublicKey { algorithm, bytes, parsed })
     }
 
     /// The key's algorithm.
@@ -101,12 +144,10 @@ impl PublicKey {
 
     /// The key as a PEM `PUBLIC KEY` (SubjectPublicKeyInfo), as OpenSSL reads it.
     pub fn to_pem(&self) -> String {
-        let pem = match self.algorithm {
-            Algorithm::Ed25519 => self
-                .ed25519()
-                .and_then(|k| k.to_public_key_pem(LineEnding::LF).ok()),
-            Algorithm::Secp256k1 => ec_k256::pem(&self.bytes),
-            Algorithm::P256 => ec_p256::pem(&self.bytes),
+        let pem = match &self.parsed {
+            Parsed::Ed25519(k) => k.to_public_key_pem(LineEnding::LF),
+            Parsed::Secp256k1(k) => k.to_public_key_pem(LineEnding::LF),
+            Parsed::P256(k) => k.to_public_key_pem(LineEnding::LF),
         };
         // The bytes were validated at construction, so encoding cannot fail.
         pem.unwrap_or_default()
@@ -125,11 +166,6 @@ impl PublicKey {
             }
             Algorithm::P256 => None,
         }
-    }
-
-    fn ed25519(&self) -> Option<ed25519_dalek::VerifyingKey> {
-        let arr: [u8; 32] = self.bytes.as_slice().try_into().ok()?;
-        ed25519_dalek::VerifyingKey::from_bytes(&arr).ok()
     }
 
     fn check_payload(&self, payload: &SignPayload) -> Result<(), TypesError> {
@@ -156,8 +192,8 @@ impl PublicKey {
     ) -> Result<Signature, TypesError> {
         self.check_payload(payload)?;
         let alg = self.algorithm;
-        match (alg, payload) {
-            (Algorithm::Ed25519, SignPayload::Message(message)) => {
+        match (&self.parsed, payload) {
+            (Parsed::Ed25519(key), SignPayload::Message(message)) => {
                 if format == SignatureFormat::Der {
                     return Err(TypesError::NotSupported(
                         "DER encoding applies to ECDSA signatures only",
@@ -166,18 +202,17 @@ impl PublicKey {
                 let raw: [u8; 64] = signature
                     .try_into()
                     .map_err(|_| TypesError::MalformedSignature(alg))?;
-                let key = self.ed25519().ok_or(TypesError::InvalidPublicKey(alg))?;
                 key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&raw))
                     .map_err(|_| TypesError::BadSignature)?;
                 Ok(Signature::new(alg, raw, None))
             }
-            (Algorithm::Secp256k1, SignPayload::Digest(digest)) => {
+            (Parsed::Secp256k1(key), SignPayload::Digest(digest)) => {
                 let sig = ec_k256::decode(alg, signature, format)?;
-                ec_k256::check(alg, &self.bytes, digest, sig)
+                ec_k256::check(alg, key, digest, sig)
             }
-            (Algorithm::P256, SignPayload::Digest(digest)) => {
+            (Parsed::P256(key), SignPayload::Digest(digest)) => {
                 let sig = ec_p256::decode(alg, signature, format)?;
-                ec_p256::check(alg, &self.bytes, digest, sig)
+                ec_p256::check(alg, key, digest, sig)
             }
             _ => Err(TypesError::NotSupported("payload does not match algorithm")),
         }
