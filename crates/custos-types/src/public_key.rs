@@ -42,7 +42,10 @@ impl TryFrom<PublicKeyRepr> for PublicKey {
 
 impl From<PublicKey> for PublicKeyRepr {
     fn from(key: PublicKey) -> Self {
-        PublicKeyRepr { algorithm: key.algorithm, bytes: key.bytes }
+        PublicKeyRepr {
+            algorithm: key.algorithm,
+            bytes: key.bytes,
+        }
     }
 }
 
@@ -75,7 +78,6 @@ macro_rules! ecdsa_ops {
                 let canonical = key.to_encoded_point(false).as_bytes().to_vec();
                 Some((canonical, VerifyingKey::from(key)))
             }
-
 
             pub(crate) fn decode(
                 alg: Algorithm,
@@ -129,7 +131,11 @@ impl PublicKey {
                 (bytes, Parsed::P256(key))
             }
         };
-        Ok(PublicKey { algorithm, bytes, parsed })
+        Ok(PublicKey {
+            algorithm,
+            bytes,
+            parsed,
+        })
     }
 
     /// The key's algorithm.

@@ -1,0 +1,392 @@
+//! Access control: API tokens (stored as SHA-256 hashes, compared in constant time) and their scopes.
+//!
+//! A token reads `cst_<id>_<secret>`. The id finds the record; the SHA-256 of the whole token must match
+//! the stored hash. Tokens are random 256-bit values, so a fast hash is enough (no password hashing).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use custos_store::{Store, TokenRecord};
+use custos_types::{KeyName, Timestamp};
+use rand_core::{OsRng, RngCore as _};
+use secrecy::SecretString;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+use wildmatch::WildMatch;
+
+use crate::CoreError;
+
+const TOKEN_PREFIX: &str = "cst_";
+
+/// What a token may do.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// Everything, including issuing tokens.
+    Admin,
+    /// Create keys.
+    KeysCreate,
+    /// List and show keys.
+    KeysRead,
+    /// Rotate keys.
+    KeysRotate,
+    /// Sign with keys whose name matches the pattern (`*` and `?` wildcards).
+    Sign(String),
+    /// Verify with keys whose name matches the pattern.
+    Verify(String),
+}
+
+impl Scope {
+    /// Parses `admin`, `keys:create`, `keys:read`, `keys:rotate`, `sign:<pattern>`, `verify:<pattern>`;
+    /// `sign` and `verify` alone mean every key.
+    pub fn parse(text: &str) -> Result<Scope, CoreError> {
+        let bad = |why: &str| {
+            CoreError::bad(
+                "invalid_scope",
+                format!(
+                    "invalid scope {:?}: {why}; expected admin, keys:create, keys:read, keys:rotate, \
+                     sign:<pattern> or verify:<pattern>",
+                    text.chars().take(80).collect::<String>()
+                ),
+            )
+        };
+        let pattern = |p: &str| -> Result<String, CoreError> {
+            let ok = !p.is_empty()
+                && p.len() <= 64
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.*?".contains(c));
+            if ok {
+                Ok(p.to_owned())
+            } else {
+                Err(bad(
+                    "a key pattern uses letters, digits, '-', '_', '.', '*' and '?'",
+                ))
+            }
+        };
+        Ok(match text {
+            "admin" => Scope::Admin,
+            "keys:create" => Scope::KeysCreate,
+            "keys:read" => Scope::KeysRead,
+            "keys:rotate" => Scope::KeysRotate,
+            "sign" => Scope::Sign("*".into()),
+            "verify" => Scope::Verify("*".into()),
+            other => match other.split_once(':') {
+                Some(("sign", p)) => Scope::Sign(pattern(p)?),
+                Some(("verify", p)) => Scope::Verify(pattern(p)?),
+                _ => return Err(bad("unknown scope")),
+            },
+        })
+    }
+
+    fn allows(&self, op: &Operation<'_>) -> bool {
+        let matches = |pattern: &str, key: &KeyName| WildMatch::new(pattern).matches(key.as_str());
+        match (self, op) {
+            (Scope::Admin, _) => true,
+            (Scope::KeysCreate, Operation::CreateKey) => true,
+            (Scope::KeysRead, Operation::ReadKeys) => true,
+            (Scope::KeysRotate, Operation::RotateKey(_)) => true,
+            (Scope::Sign(p), Operation::Sign(key)) => matches(p, key),
+            (Scope::Verify(p), Operation::Verify(key)) => matches(p, key),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Admin => f.write_str("admin"),
+            Scope::KeysCreate => f.write_str("keys:create"),
+            Scope::KeysRead => f.write_str("keys:read"),
+            Scope::KeysRotate => f.write_str("keys:rotate"),
+            Scope::Sign(p) => write!(f, "sign:{p}"),
+            Scope::Verify(p) => write!(f, "verify:{p}"),
+        }
+    }
+}
+
+/// An operation a token is checked against.
+#[derive(Debug, Clone, Copy)]
+pub enum Operation<'a> {
+    /// Create a key.
+    CreateKey,
+    /// List or show keys.
+    ReadKeys,
+    /// Rotate a key.
+    RotateKey(&'a KeyName),
+    /// Sign with a key.
+    Sign(&'a KeyName),
+    /// Verify with a key.
+    Verify(&'a KeyName),
+    /// Issue tokens (admin only).
+    ManageTokens,
+}
+
+impl fmt::Display for Operation<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Operation::CreateKey => f.write_str("create keys"),
+            Operation::ReadKeys => f.write_str("read keys"),
+            Operation::RotateKey(k) => write!(f, "rotate key {k}"),
+            Operation::Sign(k) => write!(f, "sign with key {k}"),
+            Operation::Verify(k) => write!(f, "verify with key {k}"),
+            Operation::ManageTokens => f.write_str("manage tokens"),
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The token's public id.
+    pub token_id: String,
+    /// The token's name.
+    pub name: String,
+    scopes: Arc<[Scope]>,
+}
+
+impl Principal {
+    /// Allows `op` or returns [`CoreError::Forbidden`].
+    pub fn authorize(&self, op: Operation<'_>) -> Result<(), CoreError> {
+        if self.scopes.iter().any(|s| s.allows(&op)) {
+            Ok(())
+        } else {
+            Err(CoreError::Forbidden(op.to_string()))
+        }
+    }
+}
+
+/// A token just issued. The secret is shown once and never stored.
+#[derive(Debug)]
+pub struct IssuedToken {
+    /// The full token to give to the client (`cst_<id>_<secret>`).
+    pub token: SecretString,
+    /// The stored record (hash only).
+    pub record: TokenRecord,
+}
+
+struct Entry {
+    record: TokenRecord,
+    scopes: Arc<[Scope]>,
+}
+
+/// Token issuing and checking, backed by the store and cached in memory.
+pub struct Access {
+    store: Arc<dyn Store>,
+    tokens: RwLock<HashMap<String, Arc<Entry>>>,
+}
+
+impl fmt::Debug for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Access").finish_non_exhaustive()
+    }
+}
+
+fn hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn entry(record: TokenRecord) -> Result<Entry, CoreError> {
+    let scopes = record
+        .scopes
+        .iter()
+        .map(|s| Scope::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CoreError::Internal(format!("stored token {}: {e}", record.id)))?;
+    Ok(Entry {
+        record,
+        scopes: scopes.into(),
+    })
+}
+
+impl Access {
+    /// Loads the token records from the store.
+    pub async fn load(store: Arc<dyn Store>) -> Result<Access, CoreError> {
+        let mut tokens = HashMap::new();
+        for record in store.list_tokens().await? {
+            tokens.insert(record.id.clone(), Arc::new(entry(record)?));
+        }
+        Ok(Access {
+            store,
+            tokens: RwLock::new(tokens),
+        })
+    }
+
+    /// Whether any token exists (a data directory with none has not been initialised).
+    pub fn has_tokens(&self) -> bool {
+        self.tokens.read().map(|t| !t.is_empty()).unwrap_or(false)
+    }
+
+    /// Checks a bearer token: known id, matching hash (constant time), not expired, not revoked.
+    pub fn authenticate(&self, token: &str) -> Result<Principal, CoreError> {
+        let id = token
+            .strip_prefix(TOKEN_PREFIX)
+            .and_then(|rest| rest.split_once('_'))
+            .map(|(id, _)| id)
+            .ok_or(CoreError::Unauthenticated)?;
+        let entry = self
+            .tokens
+            .read()
+            .map_err(|_| CoreError::Internal("token map lock poisoned".into()))?
+            .get(id)
+            .cloned();
+        let presented = hash(token);
+        let Some(entry) = entry else {
+            // Spend the same comparison on a miss so timing does not reveal which ids exist.
+            let _ = presented.ct_eq(&[0u8; 32]);
+            return Err(CoreError::Unauthenticated);
+        };
+        let record = &entry.record;
+        let now = Timestamp::now();
+        if !bool::from(presented.ct_eq(&record.secret_hash))
+            || record.revoked_at.is_some()
+            || record.expires_at.is_some_and(|t| t <= now)
+        {
+            return Err(CoreError::Unauthenticated);
+        }
+        Ok(Principal {
+            token_id: record.id.clone(),
+            name: record.name.clone(),
+            scopes: Arc::clone(&entry.scopes),
+        })
+    }
+
+    /// Issues a token with `scopes`, valid until `expires_at` (or forever).
+    pub async fn issue(
+        &self,
+        name: &str,
+        scopes: &[Scope],
+        expires_at: Option<Timestamp>,
+    ) -> Result<IssuedToken, CoreError> {
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(CoreError::bad(
+                "invalid_name",
+                "a token name must be 1-128 printable characters",
+            ));
+        }
+        if scopes.is_empty() {
+            return Err(CoreError::bad(
+                "invalid_scope",
+                "a token needs at least one scope",
+            ));
+        }
+        let mut id = [0u8; 8];
+        let mut secret = [0u8; 32];
+        OsRng.fill_bytes(&mut id);
+        OsRng.fill_bytes(&mut secret);
+        let id = hex::encode(id);
+        let token = zeroize::Zeroizing::new(format!("{TOKEN_PREFIX}{id}_{}", hex::encode(secret)));
+        let record = TokenRecord {
+            id: id.clone(),
+            name: name.to_owned(),
+            secret_hash: hash(&token),
+            scopes: scopes.iter().map(Scope::to_string).collect(),
+            created_at: Timestamp::now(),
+            expires_at,
+            revoked_at: None,
+        };
+        self.store.create_token(&record).await?;
+        self.tokens
+            .write()
+            .map_err(|_| CoreError::Internal("token map lock poisoned".into()))?
+            .insert(id, Arc::new(entry(record.clone())?));
+        Ok(IssuedToken {
+            token: SecretString::from(token.as_str().to_owned()),
+            record,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custos_store::SqliteStore;
+    use secrecy::ExposeSecret as _;
+
+    fn key(name: &str) -> KeyName {
+        KeyName::new(name).unwrap()
+    }
+
+    #[test]
+    fn scopes_parse_and_match() {
+        let sign = Scope::parse("sign:seq-*").unwrap();
+        assert!(sign.allows(&Operation::Sign(&key("seq-1"))));
+        assert!(!sign.allows(&Operation::Sign(&key("treasury"))));
+        assert!(!sign.allows(&Operation::Verify(&key("seq-1"))));
+        assert!(!sign.allows(&Operation::CreateKey));
+        assert!(Scope::parse("admin")
+            .unwrap()
+            .allows(&Operation::ManageTokens));
+        assert!(!Scope::parse("keys:create")
+            .unwrap()
+            .allows(&Operation::ManageTokens));
+        for bad in ["root", "sign:", "sign:a/b", "keys:delete", ""] {
+            assert_eq!(
+                Scope::parse(bad).unwrap_err().code(),
+                "invalid_scope",
+                "{bad}"
+            );
+        }
+        for text in [
+            "admin",
+            "keys:create",
+            "keys:read",
+            "keys:rotate",
+            "sign:a*",
+            "verify:?b",
+        ] {
+            assert_eq!(Scope::parse(text).unwrap().to_string(), text);
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_are_stored_hashed_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::create(dir.path()).unwrap());
+        let access = Access::load(Arc::clone(&store)).await.unwrap();
+        assert!(!access.has_tokens());
+        let issued = access
+            .issue("ci", &[Scope::parse("sign:seq-*").unwrap()], None)
+            .await
+            .unwrap();
+        let token = issued.token.expose_secret().to_owned();
+        let principal = access.authenticate(&token).unwrap();
+        assert_eq!(principal.name, "ci");
+        principal.authorize(Operation::Sign(&key("seq-9"))).unwrap();
+        let denied = principal.authorize(Operation::CreateKey).unwrap_err();
+        assert_eq!(denied.code(), "forbidden");
+        // The store holds a hash, never the token.
+        let stored = store.list_tokens().await.unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_ne!(
+            stored[0].secret_hash.to_vec(),
+            token.as_bytes()[..32].to_vec()
+        );
+        assert!(!format!("{stored:?}").contains(&token[20..]));
+        // A changed secret, an unknown id, garbage: all unauthenticated.
+        let mut tampered = token.clone();
+        tampered.pop();
+        tampered.push(if token.ends_with('0') { '1' } else { '0' });
+        for bad in [
+            tampered.as_str(),
+            "cst_0000000000000000_00",
+            "",
+            "Bearer x",
+            "cst_",
+        ] {
+            assert!(
+                matches!(access.authenticate(bad), Err(CoreError::Unauthenticated)),
+                "{bad}"
+            );
+        }
+        // Expired tokens stop working; a reload sees the same tokens.
+        let past = Timestamp::now() - jiff::SignedDuration::from_secs(1);
+        let expired = access
+            .issue("old", &[Scope::Admin], Some(past))
+            .await
+            .unwrap();
+        assert!(access.authenticate(expired.token.expose_secret()).is_err());
+        let reloaded = Access::load(store).await.unwrap();
+        assert!(reloaded.authenticate(&token).is_ok());
+    }
+}

@@ -1,0 +1,832 @@
+//! The key manager: the in-memory key registry and the sign, verify, create and rotate paths.
+//!
+//! The sign path, in order: find the key and the version; build the exact bytes to sign (the message for
+//! Ed25519, its digest for ECDSA); ask each provider holding the version, in chain order, moving on only
+//! when a provider's error is retryable; verify the provider's signature against the version's public key
+//! and normalise it; return it with the version and provider that made it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use custos_provider::{KeyProvider, ProviderHealth};
+use custos_store::{KeyRecord, Location, Store, StoreError, VersionRecord};
+use custos_types::{
+    Algorithm, HashAlgorithm, KeyName, KeyVersion, ProviderName, SignPayload, Signature,
+    SignatureFormat, Timestamp, TypesError, VersionState,
+};
+
+use crate::CoreError;
+
+/// Size limits applied to every request, whatever the front end.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest message (before hashing) that may be signed or verified.
+    pub max_message_bytes: usize,
+    /// Most items in one batch.
+    pub max_batch_items: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 64 * 1024,
+            max_batch_items: 1000,
+        }
+    }
+}
+
+/// What to sign: a message, or (ECDSA only) a digest the caller computed.
+#[derive(Debug, Clone)]
+pub enum SignInput {
+    /// The message; ECDSA keys hash it first.
+    Message(Vec<u8>),
+    /// A 32-byte digest; ECDSA only.
+    Digest(Vec<u8>),
+}
+
+/// One signing request.
+#[derive(Debug, Clone)]
+pub struct SignRequest {
+    /// What to sign.
+    pub input: SignInput,
+    /// The hash for an ECDSA message (default SHA-256); must be absent for Ed25519 and for digests.
+    pub hash: Option<HashAlgorithm>,
+    /// A specific version (default: the current one).
+    pub version: Option<KeyVersion>,
+}
+
+/// A verified signature and where it came from.
+#[derive(Debug, Clone)]
+pub struct SignOutcome {
+    /// The version that signed.
+    pub version: KeyVersion,
+    /// The provider that signed.
+    pub provider: ProviderName,
+    /// The verified, normalised signature.
+    pub signature: Signature,
+}
+
+/// One verification request.
+#[derive(Debug, Clone)]
+pub struct VerifyRequest {
+    /// What was signed.
+    pub input: SignInput,
+    /// The hash for an ECDSA message.
+    pub hash: Option<HashAlgorithm>,
+    /// The signature bytes.
+    pub signature: Vec<u8>,
+    /// Their encoding.
+    pub format: SignatureFormat,
+    /// A specific version (default: any version that can verify, current first).
+    pub version: Option<KeyVersion>,
+}
+
+/// The answer to a verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyOutcome {
+    /// Whether the signature is valid.
+    pub valid: bool,
+    /// The version it is valid under.
+    pub version: Option<KeyVersion>,
+}
+
+/// The key registry and signing engine.
+pub struct KeyManager {
+    store: Arc<dyn Store>,
+    providers: BTreeMap<ProviderName, Arc<dyn KeyProvider>>,
+    default_provider: ProviderName,
+    keys: RwLock<HashMap<KeyName, Arc<KeyRecord>>>,
+    /// Serialises key creation and rotation.
+    admin: tokio::sync::Mutex<()>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for KeyManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyManager")
+            .field("providers", &self.providers.keys().collect::<Vec<_>>())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+fn poisoned() -> CoreError {
+    CoreError::Internal("key registry lock poisoned".into())
+}
+
+impl KeyManager {
+    /// Loads every key from the store. `default_provider` receives keys created without a provider.
+    pub async fn load(
+        store: Arc<dyn Store>,
+        providers: Vec<Arc<dyn KeyProvider>>,
+        default_provider: ProviderName,
+        limits: Limits,
+    ) -> Result<KeyManager, CoreError> {
+        let providers: BTreeMap<_, _> = providers
+            .into_iter()
+            .map(|p| (p.name().clone(), p))
+            .collect();
+        if !providers.contains_key(&default_provider) {
+            return Err(CoreError::Internal(format!(
+                "the default provider {default_provider} is not configured"
+            )));
+        }
+        let mut keys = HashMap::new();
+        for key in store.list_keys().await? {
+            for location in key.versions.iter().flat_map(|v| &v.locations) {
+                if !providers.contains_key(&location.provider) {
+                    tracing::warn!(key = %key.name, provider = %location.provider,
+                        "a key version lives in a provider that is not configured");
+                }
+            }
+            keys.insert(key.name.clone(), Arc::new(key));
+        }
+        Ok(KeyManager {
+            store,
+            providers,
+            default_provider,
+            keys: RwLock::new(keys),
+            admin: tokio::sync::Mutex::new(()),
+            limits,
+        })
+    }
+
+    /// The configured limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The configured providers, by name.
+    pub fn providers(&self) -> impl Iterator<Item = &Arc<dyn KeyProvider>> {
+        self.providers.values()
+    }
+
+    /// One provider by name.
+    pub fn provider(&self, name: &ProviderName) -> Option<&Arc<dyn KeyProvider>> {
+        self.providers.get(name)
+    }
+
+    /// Probes every provider.
+    pub async fn provider_health(&self) -> Vec<(Arc<dyn KeyProvider>, ProviderHealth)> {
+        let mut out = Vec::with_capacity(self.providers.len());
+        for provider in self.providers.values() {
+            out.push((Arc::clone(provider), provider.health().await));
+        }
+        out
+    }
+
+    /// Checks the store answers.
+    pub async fn store_ready(&self) -> Result<(), CoreError> {
+        Ok(self.store.ping().await?)
+    }
+
+    /// One key.
+    pub fn key(&self, name: &KeyName) -> Result<Arc<KeyRecord>, CoreError> {
+        self.keys
+            .read()
+            .map_err(|_| poisoned())?
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CoreError::KeyNotFound(name.clone()))
+    }
+
+    /// Every key, ordered by name.
+    pub fn list_keys(&self) -> Result<Vec<Arc<KeyRecord>>, CoreError> {
+        let mut keys: Vec<_> = self
+            .keys
+            .read()
+            .map_err(|_| poisoned())?
+            .values()
+            .cloned()
+            .collect();
+        keys.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(keys)
+    }
+
+    fn resolve_chain(
+        &self,
+        algorithm: Algorithm,
+        chain: Vec<ProviderName>,
+    ) -> Result<Vec<ProviderName>, CoreError> {
+        let chain = if chain.is_empty() {
+            vec![self.default_provider.clone()]
+        } else {
+            chain
+        };
+        if chain.len() > 1 {
+            return Err(CoreError::bad(
+                "chain_not_supported",
+                "a key held by several providers needs key sharing between them, which this build \
+                 does not do yet; give one provider",
+            ));
+        }
+        for name in &chain {
+            let provider = self.providers.get(name).ok_or_else(|| {
+                CoreError::bad(
+                    "unknown_provider",
+                    format!(
+                        "no provider named {name}; configured: {}",
+                        self.providers
+                            .keys()
+                            .map(|p| p.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?;
+            if !provider.capabilities().algorithms.contains(&algorithm) {
+                return Err(CoreError::bad(
+                    "unsupported_algorithm",
+                    format!("provider {name} does not support {algorithm}"),
+                ));
+            }
+        }
+        Ok(chain)
+    }
+
+    /// Generates a new version of a key in every provider of its chain.
+    async fn new_version(
+        &self,
+        name: &KeyName,
+        algorithm: Algorithm,
+        chain: &[ProviderName],
+        version: KeyVersion,
+    ) -> Result<VersionRecord, CoreError> {
+        let mut locations = Vec::with_capacity(chain.len());
+        let mut public_key = None;
+        for provider_name in chain {
+            let provider = self.providers.get(provider_name).ok_or_else(|| {
+                CoreError::Unavailable(format!("provider {provider_name} is not configured"))
+            })?;
+            let generated = provider
+                .generate(algorithm, &format!("custos:{name}:v{version}"))
+                .await?;
+            public_key.get_or_insert(generated.public_key);
+            locations.push(Location {
+                provider: provider_name.clone(),
+                handle: generated.handle,
+            });
+        }
+        let public_key =
+            public_key.ok_or_else(|| CoreError::Internal("empty provider chain".into()))?;
+        Ok(VersionRecord {
+            version,
+            state: VersionState::Current,
+            public_key,
+            created_at: Timestamp::now(),
+            locations,
+        })
+    }
+
+    /// Creates a key with its first version. An empty `chain` means the default provider.
+    pub async fn create_key(
+        &self,
+        name: KeyName,
+        algorithm: Algorithm,
+        chain: Vec<ProviderName>,
+    ) -> Result<Arc<KeyRecord>, CoreError> {
+        let chain = self.resolve_chain(algorithm, chain)?;
+        let _guard = self.admin.lock().await;
+        if self
+            .keys
+            .read()
+            .map_err(|_| poisoned())?
+            .contains_key(&name)
+        {
+            return Err(CoreError::KeyExists(name));
+        }
+        let version = self
+            .new_version(&name, algorithm, &chain, KeyVersion::FIRST)
+            .await?;
+        let record = KeyRecord {
+            name: name.clone(),
+            algorithm,
+            providers: chain,
+            created_at: Timestamp::now(),
+            versions: vec![version],
+        };
+        match self.store.create_key(&record).await {
+            Err(StoreError::Conflict(_)) => return Err(CoreError::KeyExists(name)),
+            other => other?,
+        }
+        let record = Arc::new(record);
+        self.keys
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(name.clone(), Arc::clone(&record));
+        tracing::info!(key = %name, %algorithm, "key created");
+        Ok(record)
+    }
+
+    /// Makes a new version current in every provider of the chain; the previous one stays enabled.
+    pub async fn rotate(&self, name: &KeyName) -> Result<Arc<KeyRecord>, CoreError> {
+        let _guard = self.admin.lock().await;
+        let key = self.key(name)?;
+        let highest = key
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .max()
+            .unwrap_or(KeyVersion(0));
+        let next = highest.next().ok_or_else(|| {
+            CoreError::bad("version_limit", "the key has no version numbers left")
+        })?;
+        let version = self
+            .new_version(name, key.algorithm, &key.providers, next)
+            .await?;
+        self.store
+            .add_current_version(name, &version, VersionState::Enabled)
+            .await?;
+        let mut updated = (*key).clone();
+        for v in &mut updated.versions {
+            if v.state == VersionState::Current {
+                v.state = VersionState::Enabled;
+            }
+        }
+        updated.versions.push(version);
+        let updated = Arc::new(updated);
+        self.keys
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(name.clone(), Arc::clone(&updated));
+        tracing::info!(key = %name, version = %next, "key rotated");
+        Ok(updated)
+    }
+
+    fn check_message(&self, message: &[u8]) -> Result<(), CoreError> {
+        if message.is_empty() {
+            return Err(CoreError::bad("empty_message", "the message is empty"));
+        }
+        if message.len() > self.limits.max_message_bytes {
+            return Err(CoreError::TooLarge {
+                code: "message_too_large",
+                message: format!(
+                    "the message is {} bytes; the limit is {}",
+                    message.len(),
+                    self.limits.max_message_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The exact bytes a provider signs for this key and input.
+    fn payload(
+        &self,
+        algorithm: Algorithm,
+        input: &SignInput,
+        hash: Option<HashAlgorithm>,
+    ) -> Result<SignPayload, CoreError> {
+        match (algorithm.is_ecdsa(), input) {
+            (false, _) if hash.is_some() => Err(TypesError::NotSupported(
+                "a hash applies to ECDSA keys only; ed25519 signs the message itself",
+            )
+            .into()),
+            (false, SignInput::Digest(_)) => Err(TypesError::NotSupported(
+                "ed25519 signs the message itself, not a digest",
+            )
+            .into()),
+            (false, SignInput::Message(m)) => {
+                self.check_message(m)?;
+                Ok(SignPayload::Message(m.clone()))
+            }
+            (true, SignInput::Message(m)) => {
+                self.check_message(m)?;
+                Ok(SignPayload::Digest(hash.unwrap_or_default().digest(m)))
+            }
+            (true, SignInput::Digest(_)) if hash.is_some() => Err(TypesError::NotSupported(
+                "a hash applies to a message; a digest is signed as given",
+            )
+            .into()),
+            (true, SignInput::Digest(d)) => Ok(SignPayload::digest_from_slice(d)?),
+        }
+    }
+
+    fn signing_version<'k>(
+        key: &'k KeyRecord,
+        version: Option<KeyVersion>,
+    ) -> Result<&'k VersionRecord, CoreError> {
+        let record = match version {
+            None => key.current().ok_or_else(|| {
+                CoreError::Internal(format!("key {} has no current version", key.name))
+            })?,
+            Some(v) => key.version(v).ok_or_else(|| CoreError::VersionNotFound {
+                key: key.name.clone(),
+                version: v,
+            })?,
+        };
+        if !record.state.can_sign() {
+            return Err(CoreError::VersionNotUsable {
+                key: key.name.clone(),
+                version: record.version,
+                state: record.state,
+            });
+        }
+        Ok(record)
+    }
+
+    async fn sign_one(
+        &self,
+        key: &KeyRecord,
+        request: &SignRequest,
+    ) -> Result<SignOutcome, CoreError> {
+        let version = Self::signing_version(key, request.version)?;
+        let payload = self.payload(key.algorithm, &request.input, request.hash)?;
+        let mut last = None;
+        for location in &version.locations {
+            let Some(provider) = self.providers.get(&location.provider) else {
+                last = Some(CoreError::Unavailable(format!(
+                    "provider {} is not configured",
+                    location.provider
+                )));
+                continue;
+            };
+            match provider
+                .sign(&location.handle, key.algorithm, &payload)
+                .await
+            {
+                Ok(raw) => match version
+                    .public_key
+                    .verify(&payload, &raw, SignatureFormat::Raw)
+                {
+                    Ok(signature) => {
+                        return Ok(SignOutcome {
+                            version: version.version,
+                            provider: location.provider.clone(),
+                            signature,
+                        })
+                    }
+                    Err(err) => {
+                        tracing::error!(key = %key.name, version = %version.version,
+                            provider = %location.provider, error = %err,
+                            "provider returned a signature that does not verify");
+                        last = Some(CoreError::Internal(format!(
+                            "provider {} returned a bad signature",
+                            location.provider
+                        )));
+                    }
+                },
+                Err(err) if err.is_retryable() => {
+                    tracing::warn!(key = %key.name, provider = %location.provider, error = %err,
+                        "provider failed; trying the next in the chain");
+                    last = Some(err.into());
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(last.unwrap_or_else(|| CoreError::Internal("version has no locations".into())))
+    }
+
+    /// Signs with a key.
+    pub async fn sign(
+        &self,
+        name: &KeyName,
+        request: &SignRequest,
+    ) -> Result<SignOutcome, CoreError> {
+        let key = self.key(name)?;
+        self.sign_one(&key, request).await
+    }
+
+    /// Signs many items with one key; each item has its own result, in input order.
+    pub async fn sign_batch(
+        &self,
+        name: &KeyName,
+        items: &[SignRequest],
+    ) -> Result<Vec<Result<SignOutcome, CoreError>>, CoreError> {
+        if items.is_empty() {
+            return Err(CoreError::bad("empty_batch", "the batch has no items"));
+        }
+        if items.len() > self.limits.max_batch_items {
+            return Err(CoreError::TooLarge {
+                code: "batch_too_large",
+                message: format!(
+                    "the batch has {} items; the limit is {}",
+                    items.len(),
+                    self.limits.max_batch_items
+                ),
+            });
+        }
+        let key = self.key(name)?;
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            results.push(self.sign_one(&key, item).await);
+        }
+        Ok(results)
+    }
+
+    /// Verifies a signature under one version, or under any version that can verify (current first).
+    pub async fn verify(
+        &self,
+        name: &KeyName,
+        request: &VerifyRequest,
+    ) -> Result<VerifyOutcome, CoreError> {
+        let key = self.key(name)?;
+        let payload = self.payload(key.algorithm, &request.input, request.hash)?;
+        let mut candidates: Vec<&VersionRecord> = match request.version {
+            Some(v) => vec![key.version(v).ok_or_else(|| CoreError::VersionNotFound {
+                key: key.name.clone(),
+                version: v,
+            })?],
+            None => key
+                .versions
+                .iter()
+                .filter(|v| v.state.can_verify())
+                .collect(),
+        };
+        candidates.sort_by_key(|v| {
+            (
+                v.state != VersionState::Current,
+                std::cmp::Reverse(v.version),
+            )
+        });
+        for version in candidates {
+            if !version.state.can_verify() {
+                return Err(CoreError::bad(
+                    "version_not_usable",
+                    format!(
+                        "version {} of key {} is destroyed",
+                        version.version, key.name
+                    ),
+                ));
+            }
+            match version
+                .public_key
+                .verify(&payload, &request.signature, request.format)
+            {
+                Ok(_) => {
+                    return Ok(VerifyOutcome {
+                        valid: true,
+                        version: Some(version.version),
+                    })
+                }
+                Err(TypesError::BadSignature) => continue,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Ok(VerifyOutcome {
+            valid: false,
+            version: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custos_provider_soft::{KdfParams, SoftProvider};
+    use custos_store::SqliteStore;
+    use proptest::prelude::*;
+
+    async fn manager(dir: &std::path::Path) -> KeyManager {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::create(dir).unwrap());
+        let soft = SoftProvider::open(
+            ProviderName::new("soft").unwrap(),
+            Arc::clone(&store),
+            &secrecy::SecretString::from("pw".to_owned()),
+            KdfParams::default(),
+        )
+        .await
+        .unwrap();
+        KeyManager::load(
+            store,
+            vec![Arc::new(soft)],
+            ProviderName::new("soft").unwrap(),
+            Limits::default(),
+        )
+        .await
+        .unwrap()
+    }
+
+    fn name(n: &str) -> KeyName {
+        KeyName::new(n).unwrap()
+    }
+
+    fn message(m: &[u8]) -> SignRequest {
+        SignRequest {
+            input: SignInput::Message(m.to_vec()),
+            hash: None,
+            version: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn sign_verify_rotate() {
+        let dir = tempfile::tempdir().unwrap();
+        let km = manager(dir.path()).await;
+        let key = km
+            .create_key(name("k"), Algorithm::Secp256k1, vec![])
+            .await
+            .unwrap();
+        assert_eq!(key.versions.len(), 1);
+        assert!(matches!(
+            km.create_key(name("k"), Algorithm::Ed25519, vec![]).await,
+            Err(CoreError::KeyExists(_))
+        ));
+        let signed = km.sign(&name("k"), &message(b"hello")).await.unwrap();
+        assert_eq!(signed.version, KeyVersion(1));
+        assert!(signed.signature.recovery_id().is_some());
+        let rotated = km.rotate(&name("k")).await.unwrap();
+        assert_eq!(rotated.current().unwrap().version, KeyVersion(2));
+        assert_eq!(
+            rotated.version(KeyVersion(1)).unwrap().state,
+            VersionState::Enabled
+        );
+        // The old signature still verifies, and says under which version.
+        let verify = VerifyRequest {
+            input: SignInput::Message(b"hello".to_vec()),
+            hash: None,
+            signature: signed.signature.raw().to_vec(),
+            format: SignatureFormat::Raw,
+            version: None,
+        };
+        let outcome = km.verify(&name("k"), &verify).await.unwrap();
+        assert_eq!(
+            outcome,
+            VerifyOutcome {
+                valid: true,
+                version: Some(KeyVersion(1))
+            }
+        );
+        // New signatures come from version 2; version 1 still signs when asked for.
+        assert_eq!(
+            km.sign(&name("k"), &message(b"x")).await.unwrap().version,
+            KeyVersion(2)
+        );
+        let mut old = message(b"x");
+        old.version = Some(KeyVersion(1));
+        assert_eq!(
+            km.sign(&name("k"), &old).await.unwrap().version,
+            KeyVersion(1)
+        );
+        old.version = Some(KeyVersion(9));
+        assert_eq!(
+            km.sign(&name("k"), &old).await.unwrap_err().code(),
+            "version_not_found"
+        );
+        // Keccak and a raw digest give the same signature input.
+        let keccak = SignRequest {
+            hash: Some(HashAlgorithm::Keccak256),
+            ..message(b"eth")
+        };
+        let digest = SignRequest {
+            input: SignInput::Digest(HashAlgorithm::Keccak256.digest(b"eth").to_vec()),
+            hash: None,
+            version: None,
+        };
+        let a = km.sign(&name("k"), &keccak).await.unwrap();
+        let b = km.sign(&name("k"), &digest).await.unwrap();
+        assert_eq!(
+            a.signature, b.signature,
+            "RFC 6979 signing is deterministic"
+        );
+        let wrong = VerifyRequest {
+            input: SignInput::Message(b"other".to_vec()),
+            ..verify
+        };
+        assert!(!km.verify(&name("k"), &wrong).await.unwrap().valid);
+    }
+
+    #[tokio::test]
+    async fn bad_inputs_have_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let km = manager(dir.path()).await;
+        km.create_key(name("ed"), Algorithm::Ed25519, vec![])
+            .await
+            .unwrap();
+        km.create_key(name("ec"), Algorithm::P256, vec![])
+            .await
+            .unwrap();
+        let cases = [
+            ("ed", message(b""), "empty_message"),
+            ("ed", message(&vec![0; 64 * 1024 + 1]), "message_too_large"),
+            (
+                "ed",
+                SignRequest {
+                    hash: Some(HashAlgorithm::Sha256),
+                    ..message(b"x")
+                },
+                "not_supported",
+            ),
+            (
+                "ed",
+                SignRequest {
+                    input: SignInput::Digest(vec![0; 32]),
+                    hash: None,
+                    version: None,
+                },
+                "not_supported",
+            ),
+            (
+                "ec",
+                SignRequest {
+                    input: SignInput::Digest(vec![0; 31]),
+                    hash: None,
+                    version: None,
+                },
+                "invalid_digest",
+            ),
+            ("nope", message(b"x"), "key_not_found"),
+        ];
+        for (key, request, code) in cases {
+            assert_eq!(
+                km.sign(&name(key), &request).await.unwrap_err().code(),
+                code,
+                "{key} {request:?}"
+            );
+        }
+        let chain = vec![
+            ProviderName::new("soft").unwrap(),
+            ProviderName::new("soft").unwrap(),
+        ];
+        let err = km
+            .create_key(name("c"), Algorithm::Ed25519, chain)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "chain_not_supported");
+        let err = km
+            .create_key(
+                name("c"),
+                Algorithm::Ed25519,
+                vec![ProviderName::new("hsm").unwrap()],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "unknown_provider");
+        assert!(km
+            .list_keys()
+            .unwrap()
+            .iter()
+            .all(|k| k.name.as_str() != "c"));
+    }
+
+    #[tokio::test]
+    async fn keys_reload_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let km = manager(dir.path()).await;
+        let created = km
+            .create_key(name("r"), Algorithm::Ed25519, vec![])
+            .await
+            .unwrap();
+        km.rotate(&name("r")).await.unwrap();
+        drop(km);
+        let km = manager(dir.path()).await;
+        let loaded = km.key(&name("r")).unwrap();
+        assert_eq!(
+            loaded.versions[0].public_key,
+            created.versions[0].public_key
+        );
+        assert_eq!(loaded.current().unwrap().version, KeyVersion(2));
+        km.sign(&name("r"), &message(b"after reload"))
+            .await
+            .unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+        /// Every batch result lines up with its input, and bad items fail alone.
+        #[test]
+        fn batch_results_line_up(lengths in proptest::collection::vec(0usize..40, 1..20)) {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let km = manager(dir.path()).await;
+                let key = km.create_key(name("b"), Algorithm::Ed25519, vec![]).await.unwrap();
+                let items: Vec<_> = lengths.iter().map(|&n| message(&vec![n as u8; n])).collect();
+                let results = km.sign_batch(&name("b"), &items).await.unwrap();
+                prop_assert_eq!(results.len(), items.len());
+                for (n, result) in lengths.iter().zip(results) {
+                    if *n == 0 {
+                        prop_assert_eq!(result.unwrap_err().code(), "empty_message");
+                    } else {
+                        let payload = SignPayload::Message(vec![*n as u8; *n]);
+                        let sig = result.unwrap().signature;
+                        prop_assert!(key.versions[0].public_key.verify(&payload, sig.raw(), SignatureFormat::Raw).is_ok());
+                    }
+                }
+                Ok(())
+            })?;
+        }
+
+        /// However many rotations, exactly one version is current, in memory and in the store.
+        #[test]
+        fn exactly_one_current_version(rotations in 0usize..6) {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let km = manager(dir.path()).await;
+                km.create_key(name("r"), Algorithm::P256, vec![]).await.unwrap();
+                for _ in 0..rotations {
+                    km.rotate(&name("r")).await.unwrap();
+                }
+                let stored = km.store.get_key(&name("r")).await.unwrap().unwrap();
+                let in_memory = km.key(&name("r")).unwrap();
+                prop_assert_eq!(&stored, in_memory.as_ref());
+                let current = stored.versions.iter().filter(|v| v.state == VersionState::Current).count();
+                prop_assert_eq!(current, 1);
+                prop_assert_eq!(stored.versions.len(), rotations + 1);
+                Ok(())
+            })?;
+        }
+    }
+}
