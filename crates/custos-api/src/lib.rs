@@ -1,1 +1,305 @@
-//! placeholder
+//! Custos HTTP API v1: the JSON request and response bodies, shared by the server and the CLI client.
+//!
+//! Bytes travel as standard base64 (with padding). Errors are `{"error": {"code", "message"}}`; the codes
+//! are stable and listed in [`codes`].
+
+use serde::{Deserialize, Serialize};
+
+pub use custos_types::Timestamp;
+
+/// Standard base64, as every byte field in the API uses it.
+pub mod b64 {
+    use base64::Engine as _;
+
+    /// Encodes bytes.
+    pub fn encode(bytes: impl AsRef<[u8]>) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    /// Decodes, or `None` when the text is not standard base64.
+    pub fn decode(text: &str) -> Option<Vec<u8>> {
+        base64::engine::general_purpose::STANDARD.decode(text).ok()
+    }
+}
+
+/// The stable error codes the server can return, with their HTTP status.
+pub mod codes {
+    /// Every code, its status, and what it means.
+    pub const ALL: &[(&str, u16, &str)] = &[
+        ("invalid_json", 400, "the body is not valid JSON for this request"),
+        ("invalid_request", 400, "a field is missing, unknown, or of the wrong type"),
+        ("invalid_base64", 400, "a byte field is not standard base64"),
+        ("invalid_name", 400, "a key or token name breaks the naming rules"),
+        ("unknown_algorithm", 400, "the algorithm is not ed25519, secp256k1 or p256"),
+        ("unknown_hash", 400, "the hash is not sha256 or keccak256"),
+        ("unknown_format", 400, "the signature format is not raw or der"),
+        ("unknown_provider", 400, "no provider of that name is configured"),
+        ("unsupported_algorithm", 400, "the provider cannot hold keys of this algorithm"),
+        ("chain_not_supported", 400, "several providers per key are not supported yet"),
+        ("empty_message", 400, "the message is empty"),
+        ("empty_batch", 400, "the batch has no items"),
+        ("invalid_digest", 400, "the digest is not 32 bytes"),
+        ("invalid_signature", 400, "the signature does not decode (length, DER)"),
+        ("invalid_scope", 400, "a token scope is not recognised"),
+        ("not_supported", 400, "the operation does not apply to this key's algorithm"),
+        ("unauthenticated", 401, "no token, or an unknown, expired or revoked one"),
+        ("forbidden", 403, "the token's scopes do not cover this operation"),
+        ("key_not_found", 404, "no key of that name"),
+        ("version_not_found", 404, "the key has no such version"),
+        ("not_found", 404, "no such route"),
+        ("method_not_allowed", 405, "the route does not take this method"),
+        ("key_exists", 409, "a key of that name exists"),
+        ("version_not_usable", 409, "the version's state does not allow the operation"),
+        ("body_too_large", 413, "the request body is over the limit"),
+        ("message_too_large", 413, "a message is over the limit"),
+        ("batch_too_large", 413, "a batch has too many items"),
+        ("internal", 500, "an internal error; details are in the server log"),
+        ("provider_unavailable", 503, "no provider could serve the request; retry later"),
+    ];
+}
+
+/// The error body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// A stable code and a human-readable message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// The stable code (see [`codes::ALL`]).
+    pub code: String,
+    /// What went wrong and, where it helps, what to do.
+    pub message: String,
+}
+
+/// `POST /v1/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// The key name.
+    pub name: String,
+    /// `ed25519`, `secp256k1` or `p256`.
+    pub algorithm: String,
+    /// The provider to hold the key (default: the configured default provider).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+}
+
+/// A key with all its versions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyView {
+    /// The key name.
+    pub name: String,
+    /// The algorithm.
+    pub algorithm: String,
+    /// The current version.
+    pub current_version: u32,
+    /// The provider chain, primary first.
+    pub providers: Vec<String>,
+    /// When the key was created.
+    pub created_at: Timestamp,
+    /// Every version, oldest first.
+    pub versions: Vec<VersionView>,
+}
+
+/// One version of a key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionView {
+    /// Its number.
+    pub version: u32,
+    /// `current`, `enabled`, `disabled` or `destroyed`.
+    pub state: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// Its public key.
+    pub public_key: PublicKeyView,
+    /// Where its private key lives.
+    pub locations: Vec<LocationView>,
+}
+
+/// A public key in every encoding Custos offers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublicKeyView {
+    /// Base64 of the raw key (32 bytes Ed25519; 65-byte uncompressed SEC1 for ECDSA).
+    pub raw: String,
+    /// PEM SubjectPublicKeyInfo.
+    pub pem: String,
+    /// Solana address (Ed25519) or EIP-55 Ethereum address (secp256k1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// Where one version's private key lives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocationView {
+    /// The provider instance.
+    pub provider: String,
+    /// The provider family (`soft`, `pkcs11`, ...).
+    pub kind: String,
+    /// The provider's handle for the key.
+    pub handle: String,
+    /// Whether the private key can ever leave that provider.
+    pub exportable: bool,
+}
+
+/// `GET /v1/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyList {
+    /// Every key, by name.
+    pub keys: Vec<KeyView>,
+}
+
+/// `POST /v1/keys/{name}/sign`, and each item of a batch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignRequestBody {
+    /// Base64 message (exactly one of `message` and `digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Base64 32-byte digest, ECDSA only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// `sha256` (default) or `keccak256`, for an ECDSA message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// A specific version (default: current).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// `raw` (default) or `der` (ECDSA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+}
+
+/// A signature and where it came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignResponse {
+    /// The key name.
+    pub key: String,
+    /// The version that signed.
+    pub version: u32,
+    /// The provider that signed.
+    pub provider: String,
+    /// The algorithm.
+    pub algorithm: String,
+    /// Base64 signature.
+    pub signature: String,
+    /// `raw` or `der`.
+    pub format: String,
+    /// ECDSA recovery id (0 or 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_id: Option<u8>,
+}
+
+/// `POST /v1/keys/{name}/sign-batch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignBatchRequest {
+    /// The items, each like a single sign request.
+    pub items: Vec<SignRequestBody>,
+}
+
+/// One batch result: a signature or an error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BatchItemResult {
+    /// The item was signed.
+    Ok(SignResponse),
+    /// The item failed; other items are unaffected.
+    Err(ErrorBody),
+}
+
+/// The batch response: one result per item, in input order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignBatchResponse {
+    /// The results.
+    pub results: Vec<BatchItemResult>,
+}
+
+/// `POST /v1/keys/{name}/verify`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequestBody {
+    /// Base64 message (exactly one of `message` and `digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Base64 32-byte digest, ECDSA only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// `sha256` (default) or `keccak256`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// Base64 signature.
+    pub signature: String,
+    /// `raw` (default) or `der`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// A specific version (default: any version that can verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+/// The verification result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifyResponse {
+    /// Whether the signature is valid.
+    pub valid: bool,
+    /// The version it is valid under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HealthResponse {
+    /// `ok` when ready, `unavailable` otherwise.
+    pub status: String,
+    /// `ok` or `unavailable`.
+    pub store: String,
+    /// Each provider's state.
+    pub providers: Vec<ProviderHealthView>,
+}
+
+/// One provider's health.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderHealthView {
+    /// The provider instance.
+    pub name: String,
+    /// The provider family.
+    pub kind: String,
+    /// Whether it can sign now.
+    pub available: bool,
+    /// Why not, when it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// A name for the token.
+    pub name: String,
+    /// Scopes: `admin`, `keys:create`, `keys:read`, `keys:rotate`, `sign:<pattern>`, `verify:<pattern>`.
+    pub scopes: Vec<String>,
+    /// Lifetime in seconds (default: no expiry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<u64>,
+}
+
+/// A new token; the token itself is shown only here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateTokenResponse {
+    /// The token's public id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The bearer token. Store it now: Custos keeps only a hash.
+    pub token: String,
+    /// Its scopes.
+    pub scopes: Vec<String>,
+    /// When it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+}
