@@ -26,35 +26,99 @@ pub mod b64 {
 pub mod codes {
     /// Every code, its status, and what it means.
     pub const ALL: &[(&str, u16, &str)] = &[
-        ("invalid_json", 400, "the body is not valid JSON for this request"),
-        ("invalid_request", 400, "a field is missing, unknown, or of the wrong type"),
+        (
+            "invalid_json",
+            400,
+            "the body is not valid JSON for this request",
+        ),
+        (
+            "invalid_request",
+            400,
+            "a field is missing, unknown, or of the wrong type",
+        ),
         ("invalid_base64", 400, "a byte field is not standard base64"),
-        ("invalid_name", 400, "a key or token name breaks the naming rules"),
-        ("unknown_algorithm", 400, "the algorithm is not ed25519, secp256k1 or p256"),
+        (
+            "invalid_name",
+            400,
+            "a key or token name breaks the naming rules",
+        ),
+        (
+            "unknown_algorithm",
+            400,
+            "the algorithm is not ed25519, secp256k1 or p256",
+        ),
         ("unknown_hash", 400, "the hash is not sha256 or keccak256"),
-        ("unknown_format", 400, "the signature format is not raw or der"),
-        ("unknown_provider", 400, "no provider of that name is configured"),
-        ("unsupported_algorithm", 400, "the provider cannot hold keys of this algorithm"),
-        ("chain_not_supported", 400, "several providers per key are not supported yet"),
+        (
+            "unknown_format",
+            400,
+            "the signature format is not raw or der",
+        ),
+        (
+            "unknown_provider",
+            400,
+            "no provider of that name is configured",
+        ),
+        (
+            "unsupported_algorithm",
+            400,
+            "the provider cannot hold keys of this algorithm",
+        ),
+        (
+            "chain_not_supported",
+            400,
+            "several providers per key are not supported yet",
+        ),
         ("empty_message", 400, "the message is empty"),
         ("empty_batch", 400, "the batch has no items"),
         ("invalid_digest", 400, "the digest is not 32 bytes"),
-        ("invalid_signature", 400, "the signature does not decode (length, DER)"),
+        (
+            "invalid_signature",
+            400,
+            "the signature does not decode (length, DER)",
+        ),
         ("invalid_scope", 400, "a token scope is not recognised"),
-        ("not_supported", 400, "the operation does not apply to this key's algorithm"),
-        ("unauthenticated", 401, "no token, or an unknown, expired or revoked one"),
-        ("forbidden", 403, "the token's scopes do not cover this operation"),
+        (
+            "not_supported",
+            400,
+            "the operation does not apply to this key's algorithm",
+        ),
+        (
+            "unauthenticated",
+            401,
+            "no token, or an unknown, expired or revoked one",
+        ),
+        (
+            "forbidden",
+            403,
+            "the token's scopes do not cover this operation",
+        ),
         ("key_not_found", 404, "no key of that name"),
         ("version_not_found", 404, "the key has no such version"),
         ("not_found", 404, "no such route"),
-        ("method_not_allowed", 405, "the route does not take this method"),
+        (
+            "method_not_allowed",
+            405,
+            "the route does not take this method",
+        ),
         ("key_exists", 409, "a key of that name exists"),
-        ("version_not_usable", 409, "the version's state does not allow the operation"),
+        (
+            "version_not_usable",
+            409,
+            "the version's state does not allow the operation",
+        ),
         ("body_too_large", 413, "the request body is over the limit"),
         ("message_too_large", 413, "a message is over the limit"),
         ("batch_too_large", 413, "a batch has too many items"),
-        ("internal", 500, "an internal error; details are in the server log"),
-        ("provider_unavailable", 503, "no provider could serve the request; retry later"),
+        (
+            "internal",
+            500,
+            "an internal error; details are in the server log",
+        ),
+        (
+            "provider_unavailable",
+            503,
+            "no provider could serve the request; retry later",
+        ),
     ];
 }
 

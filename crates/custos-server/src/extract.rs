@@ -45,7 +45,9 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
         let Path(name) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::bad("invalid_name", e.body_text()))?;
-        Ok(KeyPath(KeyName::new(name).map_err(custos_core::CoreError::from)?))
+        Ok(KeyPath(
+            KeyName::new(name).map_err(custos_core::CoreError::from)?,
+        ))
     }
 }
 
@@ -58,24 +60,31 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Body, ApiError> {
-        Bytes::from_request(req, state).await.map(Body).map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "the request body is over the configured limit",
-                )
-            } else {
-                ApiError::bad("invalid_request", e.body_text())
-            }
-        })
+        Bytes::from_request(req, state)
+            .await
+            .map(Body)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        "the request body is over the configured limit",
+                    )
+                } else {
+                    ApiError::bad("invalid_request", e.body_text())
+                }
+            })
     }
 }
 
 /// Parses a JSON body: syntax errors are `invalid_json`, wrong fields are `invalid_request`.
 pub fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
-        let code = if e.is_data() { "invalid_request" } else { "invalid_json" };
+        let code = if e.is_data() {
+            "invalid_request"
+        } else {
+            "invalid_json"
+        };
         ApiError::bad(code, format!("invalid request body: {e}"))
     })
 }

@@ -33,7 +33,11 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         })
         .collect();
     let ready = store_ok && providers.iter().all(|p| p.available);
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let word = |ok| if ok { "ok" } else { "unavailable" }.to_owned();
     (
         status,
@@ -50,7 +54,11 @@ pub async fn openapi() -> impl IntoResponse {
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see /v1/openapi.json")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see /v1/openapi.json",
+    )
 }
 
 pub async fn method_not_allowed() -> ApiError {
@@ -123,13 +131,20 @@ pub async fn sign_batch(
     if body.items.len() > limit {
         return Err(CoreError::TooLarge {
             code: "batch_too_large",
-            message: format!("the batch has {} items; the limit is {limit}", body.items.len()),
+            message: format!(
+                "the batch has {} items; the limit is {limit}",
+                body.items.len()
+            ),
         }
         .into());
     }
     // Items that do not decode fail alone; the rest are signed together, and results keep input order.
     let decoded: Vec<_> = body.items.iter().map(views::sign_request).collect();
-    let requests: Vec<_> = decoded.iter().filter_map(|d| d.as_ref().ok()).map(|(r, _)| r.clone()).collect();
+    let requests: Vec<_> = decoded
+        .iter()
+        .filter_map(|d| d.as_ref().ok())
+        .map(|(r, _)| r.clone())
+        .collect();
     let mut signed = if requests.is_empty() && !decoded.is_empty() {
         Vec::new()
     } else {
@@ -162,7 +177,10 @@ pub async fn verify(
 ) -> Result<Json<VerifyResponse>> {
     who.authorize(Operation::Verify(&name))?;
     let body: VerifyRequestBody = parse(&body)?;
-    let outcome = state.keys.verify(&name, &views::verify_request(&body)?).await?;
+    let outcome = state
+        .keys
+        .verify(&name, &views::verify_request(&body)?)
+        .await?;
     Ok(Json(VerifyResponse {
         valid: outcome.valid,
         version: outcome.version.map(|v| v.0),
@@ -197,11 +215,16 @@ pub async fn create_token(
             let secs = i64::try_from(secs)
                 .ok()
                 .filter(|s| *s <= 100 * 365 * 86_400)
-                .ok_or_else(|| ApiError::bad("invalid_request", "expires_in_seconds is too large"))?;
+                .ok_or_else(|| {
+                    ApiError::bad("invalid_request", "expires_in_seconds is too large")
+                })?;
             Some(Timestamp::now() + jiff::SignedDuration::from_secs(secs))
         }
     };
-    let issued = state.access.issue(&request.name, &scopes, expires_at).await?;
+    let issued = state
+        .access
+        .issue(&request.name, &scopes, expires_at)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(CreateTokenResponse {

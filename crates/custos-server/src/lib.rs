@@ -70,7 +70,10 @@ pub fn router(state: AppState, options: HttpOptions) -> Router {
     Router::new()
         .route("/v1/health", get(handlers::health))
         .route("/v1/openapi.json", get(handlers::openapi))
-        .route("/v1/keys", post(handlers::create_key).get(handlers::list_keys))
+        .route(
+            "/v1/keys",
+            post(handlers::create_key).get(handlers::list_keys),
+        )
         .route("/v1/keys/{name}", get(handlers::show_key))
         .route("/v1/keys/{name}/sign", post(handlers::sign))
         .route("/v1/keys/{name}/sign-batch", post(handlers::sign_batch))
@@ -116,7 +119,8 @@ pub async fn serve(
             // One process-wide crypto provider for rustls; a second install attempt is harmless.
             let _ = rustls::crypto::ring::default_provider().install_default();
             let config =
-                axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key).await?;
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
+                    .await?;
             let handle = axum_server::Handle::new();
             let stopper = handle.clone();
             tokio::spawn(async move {

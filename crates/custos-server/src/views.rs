@@ -40,7 +40,10 @@ pub fn key(manager: &KeyManager, key: &KeyRecord) -> KeyView {
                         let provider = manager.provider(&l.provider);
                         LocationView {
                             provider: l.provider.to_string(),
-                            kind: provider.map(|p| p.kind()).unwrap_or("unconfigured").to_owned(),
+                            kind: provider
+                                .map(|p| p.kind())
+                                .unwrap_or("unconfigured")
+                                .to_owned(),
                             handle: l.handle.to_string(),
                             exportable: provider.is_none_or(|p| p.capabilities().exportable),
                         }

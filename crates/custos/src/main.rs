@@ -1,2 +1,546 @@
-//! placeholder
-fn main() {}
+//! `custos`: run the Custos server (`serve`, `dev`, `init`) and talk to one (keys, sign, verify, tokens).
+
+/// Prints a line to standard output; a closed pipe (`custos key list | head -1`) is not an error.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+mod client;
+mod config;
+mod server;
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use custos_api::{
+    b64, CreateKeyRequest, CreateTokenRequest, CreateTokenResponse, KeyList, KeyView,
+    SignRequestBody, SignResponse, VerifyRequestBody, VerifyResponse,
+};
+use reqwest::Method;
+use secrecy::ExposeSecret as _;
+
+use crate::client::Client;
+use crate::config::Config;
+
+/// Custos: a key manager and signing service. Keys stay in their provider; every signature is
+/// authenticated, checked and verified before it is returned.
+#[derive(Debug, Parser)]
+#[command(name = "custos", version, about, long_about = None, after_help = "Start here: `custos dev`.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server from a config file (default: data in ./custos-data, listen on 127.0.0.1:8200).
+    ///
+    /// The master password comes from CUSTOS_MASTER_PASSWORD, or from the config's
+    /// `master_password = { file = "..." }`. The data directory must exist: create it with `custos init`.
+    Serve(ServeArgs),
+    /// Run a throw-away server for development and print what to type next.
+    ///
+    /// Generates a master password and an admin token. Data goes to a temporary directory that is removed
+    /// on exit, unless --data-dir is given. Not for real keys.
+    Dev {
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8200")]
+        listen: SocketAddr,
+        /// Keep data in this directory (the dev master password is stored beside it).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Create a data directory and print its root token once.
+    Init {
+        /// The config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The data directory (overrides the config).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Create, list, show and rotate keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Sign a message (or an ECDSA digest); prints the signature, the key version and the provider.
+    Sign {
+        /// The key.
+        name: String,
+        #[command(flatten)]
+        input: InputArgs,
+        /// Sign with this version instead of the current one.
+        #[arg(long)]
+        version: Option<u32>,
+        /// Signature encoding: raw (default) or der (ECDSA).
+        #[arg(long)]
+        format: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Verify a signature; exits 0 when valid and 1 when not.
+    Verify {
+        /// The key.
+        name: String,
+        #[command(flatten)]
+        input: InputArgs,
+        /// The signature, base64.
+        #[arg(long)]
+        signature: String,
+        /// Check this version only (default: any version that can verify).
+        #[arg(long)]
+        version: Option<u32>,
+        /// Signature encoding: raw (default) or der.
+        #[arg(long)]
+        format: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Issue API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The config file (TOML).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Listen address (overrides the config).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The data directory (overrides the config).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// How the client reaches the server.
+#[derive(Debug, Args)]
+struct Conn {
+    /// Server address.
+    #[arg(
+        long,
+        env = "CUSTOS_ADDR",
+        default_value = "http://127.0.0.1:8200",
+        global = true
+    )]
+    addr: String,
+    /// API token.
+    #[arg(long, env = "CUSTOS_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// A CA certificate (PEM) to trust, for a server with a private TLS certificate.
+    #[arg(long, env = "CUSTOS_CACERT", global = true)]
+    ca_cert: Option<PathBuf>,
+    /// Print the server's JSON instead of human-readable text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// What to sign or verify: exactly one source.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct InputArgs {
+    /// Read the message from a file (`-` for standard input).
+    #[arg(long)]
+    message_file: Option<PathBuf>,
+    /// The message as text.
+    #[arg(long)]
+    message: Option<String>,
+    /// A 32-byte digest in hex (ECDSA keys only).
+    #[arg(long)]
+    digest_hex: Option<String>,
+    /// The hash for an ECDSA message: sha256 (default) or keccak256.
+    #[arg(long)]
+    hash: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Create a key.
+    Create {
+        /// The key name: letters, digits, '-', '_', '.'; at most 64.
+        name: String,
+        /// ed25519, secp256k1 or p256.
+        #[arg(long, short)]
+        algorithm: String,
+        /// The provider to hold it (default: the server's default provider).
+        #[arg(long)]
+        provider: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List keys.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show one key with its versions and public keys.
+    Show {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Rotate a key now: a new version becomes current; the old one stays enabled.
+    Rotate {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Issue a token (needs an admin token). Prints it once.
+    Create {
+        /// A name for the token.
+        name: String,
+        /// A scope; repeat for several: admin, keys:create, keys:read, keys:rotate, sign:<pattern>,
+        /// verify:<pattern> (patterns take * and ?).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Lifetime in seconds (default: no expiry).
+        #[arg(long)]
+        expires_in: Option<u64>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("CUSTOS_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eout!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eout!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging();
+            let mut config = Config::load(args.config.as_deref())?;
+            if let Some(dir) = args.data_dir {
+                config.data_dir = dir;
+            }
+            if let Some(listen) = args.listen {
+                config.listen = listen;
+            }
+            let password = config.master_password.read()?;
+            let opened = server::open(&config, &password, server::Create::No).await?;
+            if !opened.access.has_tokens() {
+                anyhow::bail!(
+                    "{} has no tokens: run `custos init` first",
+                    config.data_dir.display()
+                );
+            }
+            let listener = server::bind(config.listen)?;
+            server::run(opened, &config, listener).await?;
+        }
+        Command::Dev { listen, data_dir } => {
+            init_logging();
+            dev(listen, data_dir).await?;
+        }
+        Command::Init { config, data_dir } => {
+            let mut config = Config::load(config.as_deref())?;
+            if let Some(dir) = data_dir {
+                config.data_dir = dir;
+            }
+            let password = config.master_password.read()?;
+            server::init(&config, &password).await?;
+        }
+        Command::Key(command) => key(command).await?,
+        Command::Sign {
+            name,
+            input,
+            version,
+            format,
+            conn,
+        } => {
+            let body = SignRequestBody {
+                version,
+                format,
+                ..sign_input(&input)?
+            };
+            let client = connect(&conn)?;
+            let r: SignResponse = client
+                .call(Method::POST, &format!("/v1/keys/{name}/sign"), Some(&body))
+                .await?;
+            if conn.json {
+                print_json(&r)?;
+            } else {
+                out!("signature    {}", r.signature);
+                out!("format       {}", r.format);
+                out!("key          {} version {}", r.key, r.version);
+                out!("provider     {}", r.provider);
+                if let Some(id) = r.recovery_id {
+                    out!("recovery_id  {id}");
+                }
+            }
+        }
+        Command::Verify {
+            name,
+            input,
+            signature,
+            version,
+            format,
+            conn,
+        } => {
+            let input = sign_input(&input)?;
+            let body = VerifyRequestBody {
+                message: input.message,
+                digest: input.digest,
+                hash: input.hash,
+                signature,
+                format,
+                version,
+            };
+            let client = connect(&conn)?;
+            let r: VerifyResponse = client
+                .call(
+                    Method::POST,
+                    &format!("/v1/keys/{name}/verify"),
+                    Some(&body),
+                )
+                .await?;
+            if conn.json {
+                print_json(&r)?;
+            } else if let (true, Some(v)) = (r.valid, r.version) {
+                out!("valid (key {name} version {v})");
+            } else {
+                out!("INVALID: the signature does not verify under any usable version of {name}");
+            }
+            if !r.valid {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Token(TokenCommand::Create {
+            name,
+            scopes,
+            expires_in,
+            conn,
+        }) => {
+            let body = CreateTokenRequest {
+                name,
+                scopes,
+                expires_in_seconds: expires_in,
+            };
+            let client = connect(&conn)?;
+            let r: CreateTokenResponse =
+                client.call(Method::POST, "/v1/tokens", Some(&body)).await?;
+            if conn.json {
+                print_json(&r)?;
+            } else {
+                out!("token   {}", r.token);
+                out!("id      {}", r.id);
+                out!("scopes  {}", r.scopes.join(" "));
+                if let Some(at) = r.expires_at {
+                    out!("expires {at}");
+                }
+                out!("(shown once: Custos keeps only a hash)");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn connect(conn: &Conn) -> anyhow::Result<Client> {
+    Client::new(conn.addr.clone(), conn.token.clone(), conn.ca_cert.clone())
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    out!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn sign_input(input: &InputArgs) -> anyhow::Result<SignRequestBody> {
+    let mut body = SignRequestBody {
+        hash: input.hash.clone(),
+        ..SignRequestBody::default()
+    };
+    if let Some(path) = &input.message_file {
+        let mut bytes = Vec::new();
+        if path.as_os_str() == "-" {
+            std::io::stdin().read_to_end(&mut bytes)?;
+        } else {
+            bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        }
+        body.message = Some(b64::encode(bytes));
+    } else if let Some(text) = &input.message {
+        body.message = Some(b64::encode(text.as_bytes()));
+    } else if let Some(hex_digest) = &input.digest_hex {
+        let bytes =
+            hex::decode(hex_digest.trim_start_matches("0x")).context("--digest-hex is not hex")?;
+        body.digest = Some(b64::encode(bytes));
+    }
+    Ok(body)
+}
+
+async fn key(command: KeyCommand) -> anyhow::Result<()> {
+    match command {
+        KeyCommand::Create {
+            name,
+            algorithm,
+            provider,
+            conn,
+        } => {
+            let body = CreateKeyRequest {
+                name,
+                algorithm,
+                provider,
+            };
+            let key: KeyView = connect(&conn)?
+                .call(Method::POST, "/v1/keys", Some(&body))
+                .await?;
+            show(&key, conn.json)
+        }
+        KeyCommand::List { conn } => {
+            let list: KeyList = connect(&conn)?
+                .call(Method::GET, "/v1/keys", None::<&()>)
+                .await?;
+            if conn.json {
+                return print_json(&list);
+            }
+            if list.keys.is_empty() {
+                out!("no keys yet: custos key create NAME --algorithm ed25519");
+            }
+            for k in &list.keys {
+                out!(
+                    "{:<32} {:<10} v{:<4} {}",
+                    k.name,
+                    k.algorithm,
+                    k.current_version,
+                    k.providers.join(",")
+                );
+            }
+            Ok(())
+        }
+        KeyCommand::Show { name, conn } => {
+            let key: KeyView = connect(&conn)?
+                .call(Method::GET, &format!("/v1/keys/{name}"), None::<&()>)
+                .await?;
+            show(&key, conn.json)
+        }
+        KeyCommand::Rotate { name, conn } => {
+            let key: KeyView = connect(&conn)?
+                .call(
+                    Method::POST,
+                    &format!("/v1/keys/{name}/rotate"),
+                    None::<&()>,
+                )
+                .await?;
+            show(&key, conn.json)
+        }
+    }
+}
+
+fn show(key: &KeyView, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(key);
+    }
+    out!("key        {} ({})", key.name, key.algorithm);
+    out!("current    version {}", key.current_version);
+    out!("providers  {}", key.providers.join(", "));
+    for v in &key.versions {
+        out!();
+        out!(
+            "version {} [{}] created {}",
+            v.version,
+            v.state,
+            v.created_at
+        );
+        out!("  public key  {}", v.public_key.raw);
+        if let Some(address) = &v.public_key.address {
+            out!("  address     {address}");
+        }
+        for l in &v.locations {
+            let export = if l.exportable {
+                "exportable"
+            } else {
+                "non-exportable"
+            };
+            out!(
+                "  held by     {} ({}, {export}) handle {}",
+                l.provider,
+                l.kind,
+                l.handle
+            );
+        }
+        for line in v.public_key.pem.lines() {
+            out!("  {line}");
+        }
+    }
+    Ok(())
+}
+
+async fn dev(listen: SocketAddr, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let temp;
+    let dir = match data_dir {
+        Some(dir) => dir,
+        None => {
+            temp = tempfile::Builder::new().prefix("custos-dev-").tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let password = server::dev_password(&dir)?;
+    let config = Config {
+        data_dir: dir.clone(),
+        listen,
+        ..Config::default()
+    };
+    let opened = server::open(&config, &password, server::Create::Yes).await?;
+    let token = server::issue_admin(&opened.access, "dev").await?;
+    let listener = server::bind(listen)?;
+    let addr = format!("http://{}", listener.local_addr()?);
+    let token = token.expose_secret();
+    out!(
+        "Custos dev server: data in {} (throw-away; not for real keys)",
+        dir.display()
+    );
+    out!();
+    out!("export CUSTOS_ADDR={addr}");
+    out!("export CUSTOS_TOKEN={token}");
+    out!();
+    out!("Then, in another shell:");
+    out!("  custos key create seq-1 --algorithm ed25519");
+    out!("  printf 'block 1' > block.bin");
+    out!("  custos sign seq-1 --message-file block.bin");
+    out!("  custos verify seq-1 --message-file block.bin --signature <signature from above>");
+    out!();
+    out!("Or with curl:");
+    out!(
+        "  curl -s -H \"Authorization: Bearer $CUSTOS_TOKEN\" $CUSTOS_ADDR/v1/keys/seq-1/sign -d '{{\"message\":\"'$(base64 -w0 block.bin)'\"}}'"
+    );
+    out!();
+    out!("Ctrl-C stops the server.");
+    server::run(opened, &config, listener).await
+}

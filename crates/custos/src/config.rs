@@ -1,0 +1,193 @@
+//! The server configuration file (TOML) and its defaults; secrets are references, never values.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use custos_provider_soft::KdfParams;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Where a secret comes from: `{ env = "NAME" }` or `{ file = "/run/secrets/x" }`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum SecretRef {
+    /// An environment variable.
+    Env(String),
+    /// A file; one trailing newline is removed.
+    File(PathBuf),
+}
+
+impl SecretRef {
+    /// Reads the secret.
+    pub fn read(&self) -> anyhow::Result<SecretString> {
+        let value = match self {
+            SecretRef::Env(name) => std::env::var(name).with_context(|| {
+                format!("the environment variable {name} is not set (it should hold the secret)")
+            })?,
+            SecretRef::File(path) => {
+                let mut text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the secret file {}", path.display()))?;
+                if text.ends_with('\n') {
+                    text.pop();
+                }
+                text
+            }
+        };
+        if value.is_empty() {
+            bail!("the secret from {self:?} is empty");
+        }
+        Ok(SecretString::from(value))
+    }
+}
+
+/// One configured key provider.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ProviderConfig {
+    /// The software keystore, sealed with the master password.
+    Soft {
+        /// The instance name.
+        name: String,
+        /// Argon2id cost for a new keystore.
+        #[serde(default)]
+        kdf: Option<KdfParams>,
+    },
+}
+
+impl ProviderConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            ProviderConfig::Soft { name, .. } => name,
+        }
+    }
+}
+
+/// TLS certificate and key files (PEM).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_password")]
+    pub master_password: SecretRef,
+    #[serde(default)]
+    pub default_provider: Option<String>,
+    #[serde(default = "default_providers")]
+    pub providers: Vec<ProviderConfig>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    #[serde(default = "default_max_batch")]
+    pub max_batch_items: usize,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./custos-data")
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8200))
+}
+fn default_password() -> SecretRef {
+    SecretRef::Env("CUSTOS_MASTER_PASSWORD".into())
+}
+fn default_providers() -> Vec<ProviderConfig> {
+    vec![ProviderConfig::Soft {
+        name: "soft".into(),
+        kdf: None,
+    }]
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_max_message() -> usize {
+    64 * 1024
+}
+fn default_max_batch() -> usize {
+    1000
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // An empty document takes every default.
+        toml::from_str("").unwrap_or_else(|_| unreachable!("the empty config parses"))
+    }
+}
+
+impl Config {
+    /// Reads a config file, or the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        let config: Config = toml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        if config.providers.is_empty() {
+            bail!("the config names no providers");
+        }
+        Ok(config)
+    }
+
+    /// The provider that takes keys created without one.
+    pub fn default_provider(&self) -> &str {
+        self.default_provider
+            .as_deref()
+            .unwrap_or_else(|| self.providers[0].name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_full_file() {
+        let config = Config::default();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8200");
+        assert_eq!(config.data_dir, PathBuf::from("./custos-data"));
+        assert_eq!(config.default_provider(), "soft");
+        let text = r#"
+            data_dir = "/var/lib/custos"
+            listen = "0.0.0.0:8443"
+            master_password = { file = "/run/secrets/custos" }
+            tls = { cert_file = "c.pem", key_file = "k.pem" }
+            [[providers]]
+            type = "soft"
+            name = "soft-a"
+            kdf = { memory_kib = 65536, iterations = 3, parallelism = 1 }
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        assert_eq!(
+            config.master_password,
+            SecretRef::File("/run/secrets/custos".into())
+        );
+        assert_eq!(config.default_provider(), "soft-a");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        for text in [
+            "listen_addr = \"x\"",
+            "[[providers]]\ntype = \"soft\"\nname = \"s\"\npin = \"1234\"",
+            "[[providers]]\ntype = \"hsm\"\nname = \"s\"",
+            "master_password = \"plain text\"",
+        ] {
+            assert!(toml::from_str::<Config>(text).is_err(), "{text}");
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Opening a data directory and running the server: `custos serve`, `custos dev` and `custos init`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use custos_core::{Access, KeyManager, Limits, Scope};
+use custos_provider::{KeyProvider, ProviderError};
+use custos_provider_soft::SoftProvider;
+use custos_server::{AppState, HttpOptions, TlsFiles};
+use custos_store::{SqliteStore, Store};
+use custos_types::ProviderName;
+use secrecy::{ExposeSecret as _, SecretString};
+
+use crate::config::{Config, ProviderConfig};
+
+/// Everything a running server needs, opened from the data directory.
+pub struct Opened {
+    pub keys: Arc<KeyManager>,
+    pub access: Arc<Access>,
+}
+
+/// Whether to create the data directory when it does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    Yes,
+    No,
+}
+
+/// Opens the store, unlocks every provider and loads keys and tokens.
+pub async fn open(
+    config: &Config,
+    password: &SecretString,
+    create: Create,
+) -> anyhow::Result<Opened> {
+    let store = match create {
+        Create::Yes => SqliteStore::create(&config.data_dir),
+        Create::No => SqliteStore::open(&config.data_dir),
+    }
+    .with_context(|| {
+        format!(
+            "cannot open the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let mut providers: Vec<Arc<dyn KeyProvider>> = Vec::new();
+    for provider in &config.providers {
+        let name = ProviderName::new(provider.name()).with_context(|| {
+            format!("invalid provider name {:?} in the config", provider.name())
+        })?;
+        match provider {
+            ProviderConfig::Soft { kdf, .. } => {
+                let soft = SoftProvider::open(
+                    name.clone(),
+                    Arc::clone(&store),
+                    password,
+                    kdf.unwrap_or_default(),
+                )
+                .await
+                .map_err(|e| match e {
+                    ProviderError::Locked(_) => anyhow::anyhow!(
+                        "{e}. Nothing was changed. Check CUSTOS_MASTER_PASSWORD (or the \
+                             master_password reference in the config)."
+                    ),
+                    other => anyhow::anyhow!("cannot open provider {name}: {other}"),
+                })?;
+                providers.push(Arc::new(soft));
+            }
+        }
+    }
+    let default =
+        ProviderName::new(config.default_provider()).context("invalid default_provider")?;
+    let limits = Limits {
+        max_message_bytes: config.max_message_bytes,
+        max_batch_items: config.max_batch_items,
+    };
+    let keys = KeyManager::load(Arc::clone(&store), providers, default, limits).await?;
+    let access = Access::load(store).await?;
+    Ok(Opened {
+        keys: Arc::new(keys),
+        access: Arc::new(access),
+    })
+}
+
+/// Issues an admin token and returns it.
+pub async fn issue_admin(access: &Access, name: &str) -> anyhow::Result<SecretString> {
+    Ok(access.issue(name, &[Scope::Admin], None).await?.token)
+}
+
+/// `custos init`: creates the data directory and prints the root token once.
+pub async fn init(config: &Config, password: &SecretString) -> anyhow::Result<()> {
+    let opened = open(config, password, Create::Yes).await?;
+    if opened.access.has_tokens() {
+        bail!(
+            "{} is initialised already; its root token was shown when it was created",
+            config.data_dir.display()
+        );
+    }
+    let token = issue_admin(&opened.access, "root").await?;
+    out!("Initialised Custos in {}.", config.data_dir.display());
+    out!("Root token (shown once; Custos keeps only its hash):");
+    out!();
+    out!("  {}", token.expose_secret());
+    out!();
+    out!("Start the server with `custos serve` and use the token as CUSTOS_TOKEN.");
+    Ok(())
+}
+
+/// Binds the listener; a clear message when the address is taken.
+pub fn bind(addr: std::net::SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr).with_context(|| {
+        format!("cannot listen on {addr}: is another server using it? Choose another with --listen")
+    })
+}
+
+/// Serves until Ctrl-C or SIGTERM.
+pub async fn run(
+    opened: Opened,
+    config: &Config,
+    listener: std::net::TcpListener,
+) -> anyhow::Result<()> {
+    let state = AppState::new(opened.keys, opened.access);
+    let app = custos_server::router(
+        state,
+        HttpOptions {
+            max_body_bytes: config.max_body_bytes,
+        },
+    );
+    let tls = config.tls.as_ref().map(|t| TlsFiles {
+        cert: t.cert_file.clone(),
+        key: t.key_file.clone(),
+    });
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(address = %format!("{scheme}://{}", listener.local_addr()?), "serving");
+    custos_server::serve(listener, app, tls, shutdown_signal())
+        .await
+        .context("the server stopped with an error")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+/// The master password of a `custos dev` data directory, kept beside it (mode 0600): dev data only.
+pub fn dev_password(dir: &Path) -> anyhow::Result<SecretString> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join("dev-master-password");
+    if path.exists() {
+        return crate::config::SecretRef::File(path).read();
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut bytes = [0u8; 24];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+    let password = hex::encode(bytes);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(password.as_bytes())?;
+    file.sync_all()?;
+    Ok(SecretString::from(password))
+}
