@@ -1,0 +1,798 @@
+//! API integration tests: the real server on 127.0.0.1:0, spoken to over real HTTP.
+
+use std::sync::Arc;
+
+use custos_api::{b64, KeyView, SignBatchResponse, SignResponse};
+use custos_core::{Access, KeyManager, Limits, Scope};
+use custos_provider::conformance::openssl_verify;
+use custos_provider_soft::{KdfParams, SoftProvider};
+use custos_server::{AppState, HttpOptions, TlsFiles};
+use custos_store::{SqliteStore, Store};
+use custos_types::{Algorithm, HashAlgorithm, ProviderName, SignPayload};
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret as _, SecretString};
+use serde_json::{json, Value};
+
+struct Server {
+    base: String,
+    admin: String,
+    access: Arc<Access>,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+const MAX_BODY: usize = 64 * 1024;
+
+async fn start_with(tls: Option<(TlsFiles, reqwest::Certificate)>) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::create(dir.path()).unwrap());
+    let soft = SoftProvider::open(
+        ProviderName::new("soft").unwrap(),
+        Arc::clone(&store),
+        &SecretString::from("test password".to_owned()),
+        KdfParams::default(),
+    )
+    .await
+    .unwrap();
+    let limits = Limits {
+        max_message_bytes: 1024,
+        max_batch_items: 10,
+    };
+    let keys = KeyManager::load(
+        Arc::clone(&store),
+        vec![Arc::new(soft)],
+        ProviderName::new("soft").unwrap(),
+        limits,
+    )
+    .await
+    .unwrap();
+    let access = Arc::new(Access::load(store).await.unwrap());
+    let admin = access.issue("root", &[Scope::Admin], None).await.unwrap();
+    let app = custos_server::router(
+        AppState::new(Arc::new(keys), Arc::clone(&access)),
+        HttpOptions {
+            max_body_bytes: MAX_BODY,
+        },
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (scheme, files, http) = match tls {
+        None => ("http", None, reqwest::Client::new()),
+        Some((files, ca)) => (
+            "https",
+            Some(files),
+            reqwest::Client::builder()
+                .add_root_certificate(ca)
+                .build()
+                .unwrap(),
+        ),
+    };
+    tokio::spawn(custos_server::serve(listener, app, files, async {
+        let _ = stopped.await;
+    }));
+    let host = if scheme == "https" {
+        "localhost"
+    } else {
+        "127.0.0.1"
+    };
+    Server {
+        base: format!("{scheme}://{host}:{port}"),
+        admin: admin.token.expose_secret().to_owned(),
+        access,
+        http,
+        _dir: dir,
+        _stop: stop,
+    }
+}
+
+async fn start() -> Server {
+    start_with(None).await
+}
+
+impl Server {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(
+            "POST",
+            path,
+            Some(&self.admin),
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    async fn token(&self, scopes: &[&str]) -> String {
+        let scopes: Vec<_> = scopes.iter().map(|s| Scope::parse(s).unwrap()).collect();
+        self.access
+            .issue("t", &scopes, None)
+            .await
+            .unwrap()
+            .token
+            .expose_secret()
+            .to_owned()
+    }
+
+    async fn create(&self, name: &str, algorithm: &str) -> KeyView {
+        let (status, body) = self
+            .post("/v1/keys", json!({"name": name, "algorithm": algorithm}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        serde_json::from_value(body).unwrap()
+    }
+}
+
+fn pem_of(key: &KeyView, version: usize) -> String {
+    key.versions[version].public_key.pem.clone()
+}
+
+#[tokio::test]
+async fn every_route_works() {
+    let s = start().await;
+    let (status, health) = s.call("GET", "/v1/health", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["providers"][0]["kind"], "soft");
+
+    let (status, doc) = s.call("GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    for path in [
+        "/v1/health",
+        "/v1/keys",
+        "/v1/keys/{name}",
+        "/v1/keys/{name}/sign",
+        "/v1/keys/{name}/sign-batch",
+        "/v1/keys/{name}/verify",
+        "/v1/keys/{name}/rotate",
+        "/v1/tokens",
+        "/v1/openapi.json",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "openapi.json lacks {path}"
+        );
+    }
+
+    let ed = s.create("seq-1", "ed25519").await;
+    let k1 = s.create("eth-1", "secp256k1").await;
+    let p = s.create("p-1", "p256").await;
+    assert_eq!(ed.current_version, 1);
+    assert!(ed.versions[0].public_key.address.as_ref().unwrap().len() >= 32);
+    let eth = k1.versions[0].public_key.address.clone().unwrap();
+    assert!(
+        eth.starts_with("0x") && eth.len() == 42 && eth.chars().any(|c| c.is_ascii_uppercase())
+    );
+    assert!(p.versions[0].public_key.address.is_none());
+    assert_eq!(
+        b64::decode(&k1.versions[0].public_key.raw).unwrap().len(),
+        65
+    );
+    assert_eq!(ed.versions[0].locations[0].provider, "soft");
+
+    let (status, list) = s.call("GET", "/v1/keys", Some(&s.admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<_> = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["eth-1", "p-1", "seq-1"]);
+    let (status, shown) = s.call("GET", "/v1/keys/p-1", Some(&s.admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        shown["versions"][0]["public_key"]["pem"],
+        p.versions[0].public_key.pem
+    );
+
+    // Ed25519 over HTTP, checked by OpenSSL.
+    let message = b"block 1".to_vec();
+    let (status, body) = s
+        .post(
+            "/v1/keys/seq-1/sign",
+            json!({"message": b64::encode(&message)}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let signed: SignResponse = serde_json::from_value(body).unwrap();
+    assert_eq!(
+        (signed.version, signed.provider.as_str(), signed.recovery_id),
+        (1, "soft", None)
+    );
+    let sig = b64::decode(&signed.signature).unwrap();
+    openssl_verify(
+        &pem_of(&ed, 0),
+        Algorithm::Ed25519,
+        &SignPayload::Message(message.clone()),
+        &sig,
+        true,
+    );
+    let (_, verified) = s
+        .post(
+            "/v1/keys/seq-1/verify",
+            json!({"message": b64::encode(&message), "signature": signed.signature}),
+        )
+        .await;
+    assert_eq!(verified, json!({"valid": true, "version": 1}));
+    let (_, verified) = s
+        .post(
+            "/v1/keys/seq-1/verify",
+            json!({"message": b64::encode(b"block 2"), "signature": signed.signature}),
+        )
+        .await;
+    assert_eq!(verified, json!({"valid": false}));
+
+    // ECDSA: SHA-256 default, keccak256, a given digest, DER; each checked by OpenSSL.
+    for (key, alg) in [(&k1, Algorithm::Secp256k1), (&p, Algorithm::P256)] {
+        for (hash, request) in [
+            (
+                HashAlgorithm::Sha256,
+                json!({"message": b64::encode(&message), "format": "der"}),
+            ),
+            (
+                HashAlgorithm::Keccak256,
+                json!({"message": b64::encode(&message), "hash": "keccak256", "format": "der"}),
+            ),
+            (
+                HashAlgorithm::Sha256,
+                json!({"digest": b64::encode(HashAlgorithm::Sha256.digest(&message)), "format": "der"}),
+            ),
+        ] {
+            let (status, body) = s
+                .post(&format!("/v1/keys/{}/sign", key.name), request)
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let signed: SignResponse = serde_json::from_value(body).unwrap();
+            assert!(signed.recovery_id.unwrap() <= 1);
+            let der = b64::decode(&signed.signature).unwrap();
+            openssl_verify(
+                &pem_of(key, 0),
+                alg,
+                &SignPayload::Digest(hash.digest(&message)),
+                &der,
+                true,
+            );
+        }
+        let (_, raw) = s
+            .post(
+                &format!("/v1/keys/{}/sign", key.name),
+                json!({"message": b64::encode(&message)}),
+            )
+            .await;
+        let raw_sig = b64::decode(raw["signature"].as_str().unwrap()).unwrap();
+        assert_eq!(raw_sig.len(), 64);
+        // Low s: the upper half of the order never appears (s < n/2 means its top bit is clear for both curves).
+        assert!(raw_sig[32] < 0x80);
+        let (_, verified) = s
+            .post(
+                &format!("/v1/keys/{}/verify", key.name),
+                json!({"message": b64::encode(&message), "signature": raw["signature"]}),
+            )
+            .await;
+        assert_eq!(verified["valid"], true);
+    }
+
+    // Batch: results in input order, bad items fail alone.
+    let items = json!({"items": [
+        {"message": b64::encode(b"a")},
+        {"message": "not base64!"},
+        {"message": ""},
+        {"message": b64::encode(b"d")},
+    ]});
+    let (status, body) = s.post("/v1/keys/seq-1/sign-batch", items).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let batch: SignBatchResponse = serde_json::from_value(body.clone()).unwrap();
+    assert_eq!(batch.results.len(), 4);
+    assert_eq!(body["results"][1]["error"]["code"], "invalid_base64");
+    assert_eq!(body["results"][2]["error"]["code"], "empty_message");
+    for (i, msg) in [(0, b"a"), (3, b"d")] {
+        let sig = b64::decode(body["results"][i]["signature"].as_str().unwrap()).unwrap();
+        openssl_verify(
+            &pem_of(&ed, 0),
+            Algorithm::Ed25519,
+            &SignPayload::Message(msg.to_vec()),
+            &sig,
+            true,
+        );
+    }
+
+    // Rotate: version 2 is current, version 1 stays enabled and still signs by version.
+    let (status, rotated) = s.post("/v1/keys/seq-1/rotate", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    assert_eq!(rotated["current_version"], 2);
+    assert_eq!(rotated["versions"][0]["state"], "enabled");
+    assert_eq!(rotated["versions"][1]["state"], "current");
+    let (_, v2) = s
+        .post(
+            "/v1/keys/seq-1/sign",
+            json!({"message": b64::encode(&message)}),
+        )
+        .await;
+    assert_eq!(v2["version"], 2);
+    let (_, v1) = s
+        .post(
+            "/v1/keys/seq-1/sign",
+            json!({"message": b64::encode(&message), "version": 1}),
+        )
+        .await;
+    assert_eq!(v1["version"], 1);
+    assert_eq!(
+        v1["signature"], signed.signature,
+        "Ed25519 is deterministic: the same key signs the same bytes"
+    );
+
+    // Tokens: a scoped token signs only what its pattern allows.
+    let (status, token) = s
+        .post(
+            "/v1/tokens",
+            json!({"name": "ci", "scopes": ["sign:seq-*"], "expires_in_seconds": 3600}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{token}");
+    let scoped = token["token"].as_str().unwrap();
+    let body = json!({"message": b64::encode(b"x")})
+        .to_string()
+        .into_bytes();
+    let (status, _) = s
+        .call(
+            "POST",
+            "/v1/keys/seq-1/sign",
+            Some(scoped),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, err) = s
+        .call("POST", "/v1/keys/p-1/sign", Some(scoped), Some(body))
+        .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
+}
+
+#[tokio::test]
+async fn bad_inputs_get_their_status_and_code() {
+    let s = start().await;
+    s.create("ed", "ed25519").await;
+    s.create("ec", "secp256k1").await;
+    let signer = s.token(&["sign:ed"]).await;
+    let reader = s.token(&["keys:read"]).await;
+    let admin = s.admin.clone();
+    let m = |bytes: &[u8]| b64::encode(bytes);
+    let big_message = json!({"message": m(&vec![1; 1025])}).to_string();
+    let huge_body = "x".repeat(MAX_BODY + 1);
+    let batch_of_11 = json!({"items": vec![json!({"message": m(b"x")}); 11]}).to_string();
+    let cases: Vec<(&str, &str, Option<&str>, String, StatusCode, &str)> = vec![
+        (
+            "POST",
+            "/v1/keys/ed/sign",
+            Some(&admin),
+            "{not json".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/v1/keys/ed/sign",
+            Some(&admin),
+            "".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/v1/keys/ed/sign",
+            Some(&admin),
+            r#"{"message":"%%%"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_base64",
+        ),
+        (
+            "POST",
+            "/v1/keys/ed/sign",
+            Some(&admin),
+            r#"{"message":"eA==","extra":1}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/keys/ed/sign",
+            Some(&admin),
+            r#"{}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/keys/ed/sign",
+            Some(&admin),
+            r#"{"message":""}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "empty_message",
+        ),
+        (
+            "POST",
+            "/v1/keys/ed/sign",
+            Some(&admin),
+            big_message,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+        ),
+        (
+            "POST",
+            "/v1/keys/ed/sign",
+            Some(&admin),
+            huge_body,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (
+            "POST",
+            "/v1/keys/ed/sign",
+            Some(&admin),
+            format!(r#"{{"digest":"{}"}}"#, m(&[0; 32])),
+            StatusCode::BAD_REQUEST,
+            "not_supported",
+        ),
+        (
+            "POST",
+            "/v1/keys/ec/sign",
+            Some(&admin),
+            format!(r#"{{"digest":"{}"}}"#, m(&[0; 31])),
+            StatusCode::BAD_REQUEST,
+            "invalid_digest",
+        ),
+        (
+            "POST",
+            "/v1/keys/ec/sign",
+            Some(&admin),
+            r#"{"message":"eA==","hash":"md5"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "unknown_hash",
+        ),
+        (
+            "POST",
+            "/v1/keys/ec/sign",
+            Some(&admin),
+            r#"{"message":"eA==","format":"pem"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "unknown_format",
+        ),
+        (
+            "POST",
+            "/v1/keys/ed/sign",
+            Some(&admin),
+            r#"{"message":"eA==","format":"der"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "not_supported",
+        ),
+        (
+            "POST",
+            "/v1/keys/ed/sign",
+            Some(&admin),
+            r#"{"message":"eA==","version":7}"#.into(),
+            StatusCode::NOT_FOUND,
+            "version_not_found",
+        ),
+        (
+            "POST",
+            "/v1/keys/nope/sign",
+            Some(&admin),
+            r#"{"message":"eA=="}"#.into(),
+            StatusCode::NOT_FOUND,
+            "key_not_found",
+        ),
+        (
+            "POST",
+            "/v1/keys/bad%20name/sign",
+            Some(&admin),
+            r#"{"message":"eA=="}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+        ),
+        (
+            "POST",
+            "/v1/keys/ed/verify",
+            Some(&admin),
+            r#"{"message":"eA==","signature":"AAAA"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_signature",
+        ),
+        (
+            "POST",
+            "/v1/keys/ed/sign-batch",
+            Some(&admin),
+            batch_of_11,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+        ),
+        (
+            "POST",
+            "/v1/keys/ed/sign-batch",
+            Some(&admin),
+            r#"{"items":[]}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "empty_batch",
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            Some(&admin),
+            r#"{"name":"ed","algorithm":"ed25519"}"#.into(),
+            StatusCode::CONFLICT,
+            "key_exists",
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            Some(&admin),
+            r#"{"name":"-bad","algorithm":"ed25519"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            Some(&admin),
+            format!(r#"{{"name":"{}","algorithm":"ed25519"}}"#, "a".repeat(65)),
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            Some(&admin),
+            r#"{"name":"x","algorithm":"rsa"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "unknown_algorithm",
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            Some(&admin),
+            r#"{"name":"x","algorithm":"ed25519","provider":"hsm"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "unknown_provider",
+        ),
+        (
+            "POST",
+            "/v1/tokens",
+            Some(&admin),
+            r#"{"name":"t","scopes":["root"]}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+        ),
+        (
+            "POST",
+            "/v1/keys/ed/sign",
+            None,
+            r#"{"message":"eA=="}"#.into(),
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
+        (
+            "POST",
+            "/v1/keys/ed/sign",
+            Some("cst_0011223344556677_00"),
+            r#"{"message":"eA=="}"#.into(),
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
+        (
+            "GET",
+            "/v1/keys",
+            Some("not-a-token"),
+            String::new(),
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
+        (
+            "POST",
+            "/v1/keys/ec/sign",
+            Some(&signer),
+            r#"{"message":"eA=="}"#.into(),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "POST",
+            "/v1/keys/ed/verify",
+            Some(&signer),
+            r#"{"message":"eA==","signature":"AA=="}"#.into(),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "POST",
+            "/v1/keys/ed/sign",
+            Some(&reader),
+            "{not json".into(),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            Some(&reader),
+            r#"{"name":"x","algorithm":"ed25519"}"#.into(),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "POST",
+            "/v1/keys/ed/rotate",
+            Some(&reader),
+            String::new(),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "POST",
+            "/v1/tokens",
+            Some(&reader),
+            r#"{"name":"t","scopes":["admin"]}"#.into(),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "GET",
+            "/v1/keys",
+            Some(&signer),
+            String::new(),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "GET",
+            "/v1/nothing",
+            Some(&admin),
+            String::new(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "DELETE",
+            "/v1/keys/ed",
+            Some(&admin),
+            String::new(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+    ];
+    for (method, path, token, body, status, code) in cases {
+        let shown = body.chars().take(60).collect::<String>();
+        let body = (!body.is_empty() || method == "POST").then(|| body.into_bytes());
+        let (got, answer) = s.call(method, path, token, body).await;
+        assert_eq!(got, status, "{method} {path} {shown}: {answer}");
+        assert_eq!(
+            answer["error"]["code"], code,
+            "{method} {path} {shown}: {answer}"
+        );
+        assert!(answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    // A failed creation leaves nothing behind.
+    let (_, list) = s.call("GET", "/v1/keys", Some(&admin), None).await;
+    assert_eq!(list["keys"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn tls_from_cert_and_key_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(path("leaf.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl CLI");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    // A throw-away CA, and a leaf certificate for localhost signed by it.
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=custos-test-ca",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "leaf.csr",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    let (cert, key) = (path("cert.pem"), path("key.pem"));
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(path("ca.pem")).unwrap()).unwrap();
+    let s = start_with(Some((TlsFiles { cert, key }, ca))).await;
+    assert!(s.base.starts_with("https://"));
+    s.create("tls-key", "ed25519").await;
+    let (status, body) = s
+        .post(
+            "/v1/keys/tls-key/sign",
+            json!({"message": b64::encode(b"over tls")}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Plain HTTP to the TLS port does not get an answer.
+    let plain = s.base.replace("https://localhost", "http://127.0.0.1");
+    assert!(reqwest::get(format!("{plain}/v1/health"))
+        .await
+        .map(|r| !r.status().is_success())
+        .unwrap_or(true));
+}
