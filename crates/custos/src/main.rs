@@ -75,6 +75,9 @@ enum Command {
         name: String,
         #[command(flatten)]
         input: InputArgs,
+        /// The hash for an ECDSA message: sha256 (default) or keccak256.
+        #[arg(long)]
+        hash: Option<String>,
         /// Sign with this version instead of the current one.
         #[arg(long)]
         version: Option<u32>,
@@ -90,6 +93,9 @@ enum Command {
         name: String,
         #[command(flatten)]
         input: InputArgs,
+        /// The hash for an ECDSA message: sha256 (default) or keccak256.
+        #[arg(long)]
+        hash: Option<String>,
         /// The signature, base64.
         #[arg(long)]
         signature: String,
@@ -155,9 +161,6 @@ struct InputArgs {
     /// A 32-byte digest in hex (ECDSA keys only).
     #[arg(long)]
     digest_hex: Option<String>,
-    /// The hash for an ECDSA message: sha256 (default) or keccak256.
-    #[arg(long)]
-    hash: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -281,6 +284,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sign {
             name,
             input,
+            hash,
             version,
             format,
             conn,
@@ -288,7 +292,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let body = SignRequestBody {
                 version,
                 format,
-                ..sign_input(&input)?
+                ..sign_input(&input, hash)?
             };
             let client = connect(&conn)?;
             let r: SignResponse = client
@@ -309,12 +313,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify {
             name,
             input,
+            hash,
             signature,
             version,
             format,
             conn,
         } => {
-            let input = sign_input(&input)?;
+            let input = sign_input(&input, hash)?;
             let body = VerifyRequestBody {
                 message: input.message,
                 digest: input.digest,
@@ -381,9 +386,9 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sign_input(input: &InputArgs) -> anyhow::Result<SignRequestBody> {
+fn sign_input(input: &InputArgs, hash: Option<String>) -> anyhow::Result<SignRequestBody> {
     let mut body = SignRequestBody {
-        hash: input.hash.clone(),
+        hash,
         ..SignRequestBody::default()
     };
     if let Some(path) = &input.message_file {

@@ -132,7 +132,9 @@ pub async fn run(
         key: t.key_file.clone(),
     });
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(address = %format!("{scheme}://{}", listener.local_addr()?), "serving");
+    let address = format!("{scheme}://{}", listener.local_addr()?);
+    tracing::info!(%address, "serving");
+    out!("Custos listening on {address}");
     custos_server::serve(listener, app, tls, shutdown_signal())
         .await
         .context("the server stopped with an error")

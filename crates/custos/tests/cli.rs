@@ -1,0 +1,372 @@
+//! The `custos` binary end to end: init, serve, client verbs, restart, wrong password, and dev.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_custos");
+const PASSWORD: &str = "a long test master password";
+
+fn custos(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("CUSTOS_ADDR")
+        .env_remove("CUSTOS_TOKEN")
+        .env("CUSTOS_MASTER_PASSWORD", PASSWORD)
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A running server; killed on drop.
+struct Running {
+    child: Child,
+    addr: String,
+}
+
+impl Running {
+    /// Stops the server the way an operator does (SIGTERM) and checks it exits cleanly.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "server exited with {status} after SIGTERM"
+        );
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the child and reads stdout until a line names the address.
+fn spawn(mut cmd: Command, marker: &str) -> (Running, Vec<String>) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "server exited; output: {lines:?}"
+        );
+        let line = line.trim_end().to_owned();
+        lines.push(line.clone());
+        if let Some(rest) = line.split(marker).nth(1) {
+            break rest.trim().to_owned();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in reader.lines() {});
+    (Running { child, addr }, lines)
+}
+
+fn serve(dir: &Path) -> Running {
+    let cmd = custos(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
+    spawn(cmd, "listening on ").0
+}
+
+fn client(server: &Running, token: &str, args: &[&str]) -> Output {
+    custos(args)
+        .env("CUSTOS_ADDR", &server.addr)
+        .env("CUSTOS_TOKEN", token)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "command failed: {}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn field(json: &str, path: &[&str]) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+    for p in path {
+        v = match p.parse::<usize>() {
+            Ok(i) => v[i].take(),
+            Err(_) => v[*p].take(),
+        };
+    }
+    v.as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| v.to_string())
+}
+
+/// File names with their sizes and a cheap content fingerprint (FNV-1a), so a failure prints little.
+fn dir_snapshot(dir: &Path) -> Vec<(String, usize, u64)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            let fnv = bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+            });
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                bytes.len(),
+                fnv,
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn init_serve_sign_verify_restart_and_wrong_password() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let data_s = data.to_str().unwrap();
+
+    // Serving an empty directory says what to do.
+    let out = custos(&["serve", "--data-dir", data_s, "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("custos init"), "{}", text(&out));
+
+    let init = ok(custos(&["init", "--data-dir", data_s]).output().unwrap());
+    let root = init
+        .split_whitespace()
+        .find(|w| w.starts_with("cst_"))
+        .expect("root token printed")
+        .to_owned();
+    let again = custos(&["init", "--data-dir", data_s]).output().unwrap();
+    assert!(!again.status.success() && text(&again).contains("initialised already"));
+
+    let server = serve(&data);
+    ok(client(
+        &server,
+        &root,
+        &["key", "create", "seq-1", "--algorithm", "ed25519"],
+    ));
+    ok(client(
+        &server,
+        &root,
+        &["key", "create", "eth-1", "--algorithm", "secp256k1"],
+    ));
+    let list = ok(client(&server, &root, &["key", "list"]));
+    assert!(list.contains("seq-1") && list.contains("eth-1"), "{list}");
+    let shown = ok(client(&server, &root, &["key", "show", "seq-1", "--json"]));
+    let public_before = field(&shown, &["versions", "0", "public_key", "raw"]);
+
+    let block = tmp.path().join("block.bin");
+    std::fs::write(&block, b"block 1").unwrap();
+    let block_s = block.to_str().unwrap();
+    let human = ok(client(
+        &server,
+        &root,
+        &["sign", "seq-1", "--message-file", block_s],
+    ));
+    assert!(
+        human.contains("version 1") && human.contains("provider     soft"),
+        "{human}"
+    );
+    let signed = ok(client(
+        &server,
+        &root,
+        &["sign", "seq-1", "--message-file", block_s, "--json"],
+    ));
+    let signature = field(&signed, &["signature"]);
+    let valid = ok(client(
+        &server,
+        &root,
+        &[
+            "verify",
+            "seq-1",
+            "--message-file",
+            block_s,
+            "--signature",
+            &signature,
+        ],
+    ));
+    assert!(valid.contains("valid"), "{valid}");
+    let invalid = client(
+        &server,
+        &root,
+        &[
+            "verify",
+            "seq-1",
+            "--message",
+            "block 2",
+            "--signature",
+            &signature,
+        ],
+    );
+    assert_eq!(invalid.status.code(), Some(1), "{}", text(&invalid));
+    let eth = ok(client(
+        &server,
+        &root,
+        &[
+            "sign",
+            "eth-1",
+            "--message",
+            "tx",
+            "--hash",
+            "keccak256",
+            "--json",
+        ],
+    ));
+    assert!(field(&eth, &["recovery_id"]).parse::<u8>().unwrap() <= 1);
+
+    // A scoped token from the CLI signs only what its pattern allows.
+    let issued = ok(client(
+        &server,
+        &root,
+        &["token", "create", "ci", "--scope", "sign:seq-*", "--json"],
+    ));
+    let scoped = field(&issued, &["token"]);
+    ok(client(
+        &server,
+        &scoped,
+        &["sign", "seq-1", "--message", "x"],
+    ));
+    let denied = client(&server, &scoped, &["sign", "eth-1", "--message", "x"]);
+    assert!(
+        !denied.status.success() && text(&denied).contains("forbidden"),
+        "{}",
+        text(&denied)
+    );
+    let no_token = client(&server, "", &["key", "list"]);
+    assert!(!no_token.status.success());
+    let rotated = ok(client(
+        &server,
+        &root,
+        &["key", "rotate", "seq-1", "--json"],
+    ));
+    assert_eq!(field(&rotated, &["current_version"]), "2");
+    server.stop();
+
+    // Restart on the same data: same public keys, old signatures still verify, new ones sign.
+    let server = serve(&data);
+    let shown = ok(client(&server, &root, &["key", "show", "seq-1", "--json"]));
+    assert_eq!(
+        field(&shown, &["versions", "0", "public_key", "raw"]),
+        public_before
+    );
+    ok(client(
+        &server,
+        &root,
+        &[
+            "verify",
+            "seq-1",
+            "--message-file",
+            block_s,
+            "--signature",
+            &signature,
+        ],
+    ));
+    let resigned = ok(client(
+        &server,
+        &root,
+        &[
+            "sign",
+            "seq-1",
+            "--message-file",
+            block_s,
+            "--version",
+            "1",
+            "--json",
+        ],
+    ));
+    assert_eq!(field(&resigned, &["signature"]), signature);
+    server.stop();
+
+    // A wrong master password: a clear error, and the data directory is byte-for-byte unchanged.
+    let before = dir_snapshot(&data);
+    let out = custos(&["serve", "--data-dir", data_s, "--listen", "127.0.0.1:0"])
+        .env("CUSTOS_MASTER_PASSWORD", "not the password")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("wrong master password"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        dir_snapshot(&data),
+        before,
+        "a wrong password changed the data directory"
+    );
+    let out = custos(&["serve", "--data-dir", data_s])
+        .env_remove("CUSTOS_MASTER_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && text(&out).contains("CUSTOS_MASTER_PASSWORD"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn dev_prints_what_to_type_next() {
+    let (mut server, lines) = spawn(
+        custos(&["dev", "--listen", "127.0.0.1:0"]),
+        "export CUSTOS_TOKEN=",
+    );
+    let token = lines
+        .last()
+        .unwrap()
+        .trim_start_matches("export CUSTOS_TOKEN=")
+        .to_owned();
+    let addr = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("export CUSTOS_ADDR="))
+        .expect("address line");
+    server.addr = addr.to_owned();
+    assert!(lines.iter().any(|l| l.contains("throw-away")), "{lines:?}");
+    ok(client(
+        &server,
+        &token,
+        &["key", "create", "seq-1", "--algorithm", "ed25519"],
+    ));
+    let signed = ok(client(
+        &server,
+        &token,
+        &["sign", "seq-1", "--message", "hello"],
+    ));
+    assert!(signed.contains("signature"), "{signed}");
+}
+
+#[test]
+fn help_is_complete() {
+    let out = ok(custos(&["--help"]).output().unwrap());
+    for verb in ["serve", "dev", "init", "key", "sign", "verify", "token"] {
+        assert!(out.contains(verb), "--help lacks {verb}: {out}");
+    }
+    let out = ok(custos(&["sign", "--help"]).output().unwrap());
+    assert!(
+        out.contains("--message-file") && out.contains("CUSTOS_ADDR"),
+        "{out}"
+    );
+}
