@@ -402,10 +402,10 @@ impl KeyManager {
         }
     }
 
-    fn signing_version<'k>(
-        key: &'k KeyRecord,
+    fn signing_version(
+        key: &KeyRecord,
         version: Option<KeyVersion>,
-    ) -> Result<&'k VersionRecord, CoreError> {
+    ) -> Result<&VersionRecord, CoreError> {
         let record = match version {
             None => key.current().ok_or_else(|| {
                 CoreError::Internal(format!("key {} has no current version", key.name))

@@ -218,7 +218,7 @@ impl KeyProvider for SoftProvider {
         let key = SoftKey::generate(algorithm);
         let mut id = [0u8; 16];
         OsRng.fill_bytes(&mut id);
-        let handle = KeyHandle::new(format!("soft-{}", hex::encode(&id)));
+        let handle = KeyHandle::new(format!("soft-{}", hex::encode(id)));
         let (nonce, ciphertext) = self
             .keystore
             .data_key

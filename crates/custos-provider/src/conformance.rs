@@ -3,6 +3,10 @@
 //! Generate, public key, sign, verify with an independent implementation (the `openssl` command-line tool,
 //! not the Rust crates Custos signs with), unknown key, wrong algorithm, an unavailable back-end, and
 //! concurrent signing from many tasks. A provider's test builds a [`Harness`] and calls [`run`].
+//!
+//! This is test code that ships behind the `conformance` feature: a failed expectation panics with a
+//! description, exactly as an assertion in a test does.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::process::Command;
 use std::sync::Arc;

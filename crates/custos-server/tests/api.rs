@@ -1,4 +1,5 @@
 //! API integration tests: the real server on 127.0.0.1:0, spoken to over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic
 
 use std::sync::Arc;
 
@@ -375,6 +376,9 @@ async fn every_route_works() {
     );
 }
 
+/// Method, path, token, body, expected status, expected code.
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, StatusCode, &'a str);
+
 #[tokio::test]
 async fn bad_inputs_get_their_status_and_code() {
     let s = start().await;
@@ -387,7 +391,7 @@ async fn bad_inputs_get_their_status_and_code() {
     let big_message = json!({"message": m(&vec![1; 1025])}).to_string();
     let huge_body = "x".repeat(MAX_BODY + 1);
     let batch_of_11 = json!({"items": vec![json!({"message": m(b"x")}); 11]}).to_string();
-    let cases: Vec<(&str, &str, Option<&str>, String, StatusCode, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/v1/keys/ed/sign",

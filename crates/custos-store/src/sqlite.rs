@@ -303,9 +303,12 @@ fn load_keys(conn: &Connection, only: Option<&str>) -> Result<Vec<KeyRecord>, St
     Ok(keys.into_values().collect())
 }
 
+/// The raw columns of a `sealed_keys` row, before validation.
+type SealedRow = (String, String, String, Vec<u8>, Vec<u8>, String);
+
 fn sealed_from_row(
     row: &Row<'_>,
-) -> rusqlite::Result<(String, String, String, Vec<u8>, Vec<u8>, String)> {
+) -> rusqlite::Result<SealedRow> {
     Ok((
         row.get(0)?,
         row.get(1)?,
@@ -316,9 +319,7 @@ fn sealed_from_row(
     ))
 }
 
-fn sealed_from_parts(
-    parts: (String, String, String, Vec<u8>, Vec<u8>, String),
-) -> Result<SealedKey, StoreError> {
+fn sealed_from_parts(parts: SealedRow) -> Result<SealedKey, StoreError> {
     let (provider, handle, algorithm, nonce, ciphertext, created_at) = parts;
     Ok(SealedKey {
         provider: ProviderName::new(provider).map_err(corrupt)?,

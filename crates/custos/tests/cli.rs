@@ -1,4 +1,5 @@
 //! The `custos` binary end to end: init, serve, client verbs, restart, wrong password, and dev.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
