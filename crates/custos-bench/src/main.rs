@@ -1,2 +1,374 @@
-//! placeholder
-fn main() {}
+//! Benchmark: HTTP signing throughput and latency against raw in-process signing, measured in one run.
+//!
+//! Phases, each for `--seconds`:
+//! 1. raw: ed25519-dalek signing on every core, no Custos code (the ceiling); then raw sign +
+//!    `verify_strict`, the ceiling for any path that verifies every signature as Custos must;
+//! 2. core: the Custos sign path in-process (`KeyManager::sign`: registry, provider, mandatory local
+//!    verification), on every core, no HTTP;
+//! 3. http: the real server on 127.0.0.1, HTTP/1.1 keep-alive, `--connections` concurrent clients;
+//! 4. batch: the same with `--batch-size` items per request;
+//! 5. latency: an open-loop client at half of the measured HTTP peak; p50/p99 from the scheduled send time.
+//!
+//! The server and the load generator share the machine's cores. The last line is JSON.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use custos_api::b64;
+use custos_core::{Access, KeyManager, Limits, Scope, SignInput, SignRequest};
+use custos_provider_soft::{KdfParams, SoftProvider};
+use custos_server::{AppState, HttpOptions};
+use custos_store::{SqliteStore, Store};
+use custos_types::{Algorithm, KeyName, ProviderName};
+use ed25519_dalek::Signer as _;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{header, Request};
+use hyper_util::rt::TokioIo;
+use secrecy::ExposeSecret as _;
+
+#[derive(Debug, Parser)]
+#[command(about = "Custos signing benchmark: HTTP against raw in-process signing, in one run")]
+struct Args {
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Concurrent HTTP connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Items per batch request.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 32)]
+    message_bytes: usize,
+    /// Worker threads for the server runtime and for the client runtime (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs `work` on `threads` OS threads for `seconds`; returns operations per second.
+fn on_all_cores(threads: usize, seconds: f64, work: impl Fn() + Sync) -> f64 {
+    let stop = AtomicBool::new(false);
+    let count = AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..64 {
+                        work();
+                    }
+                    n += 64;
+                }
+                count.fetch_add(n, Ordering::Relaxed);
+            });
+        }
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        stop.store(true, Ordering::Relaxed);
+    });
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+struct Target {
+    addr: SocketAddr,
+    token: String,
+}
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn post(
+    sender: &mut SendRequest<Full<Bytes>>,
+    target: &Target,
+    path: &str,
+    body: &Bytes,
+) -> anyhow::Result<()> {
+    sender.ready().await?;
+    let request = Request::post(path)
+        .header(header::HOST, target.addr.to_string())
+        .header(header::AUTHORIZATION, format!("Bearer {}", target.token))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body.clone()))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+    }
+    Ok(())
+}
+
+/// Closed loop: every connection sends as fast as answers come back. Returns requests per second.
+async fn closed_loop(
+    target: &Arc<Target>,
+    connections: usize,
+    seconds: f64,
+    path: &str,
+    body: Bytes,
+) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (target, body, path) = (Arc::clone(target), body.clone(), path.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(target.addr).await?;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                post(&mut sender, &target, &path, &body).await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Open loop at `rate` requests per second spread over the connections; latency from the scheduled time.
+async fn open_loop(
+    target: &Arc<Target>,
+    connections: usize,
+    seconds: f64,
+    rate: f64,
+    path: &str,
+    body: Bytes,
+) -> anyhow::Result<Vec<f64>> {
+    let per_connection = Duration::from_secs_f64(connections as f64 / rate);
+    let count = (seconds * rate / connections as f64).max(1.0) as u64;
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let (target, body, path) = (Arc::clone(target), body.clone(), path.to_owned());
+        // Stagger the connections across one interval.
+        let offset = per_connection.mul_f64(c as f64 / connections as f64);
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(target.addr).await?;
+            let mut latencies = Vec::with_capacity(count as usize);
+            for i in 0..count {
+                let scheduled = start + offset + per_connection * (i as u32);
+                tokio::time::sleep_until(scheduled).await;
+                post(&mut sender, &target, &path, &body).await?;
+                latencies.push(scheduled.elapsed().as_secs_f64() * 1000.0);
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    all.sort_by(f64::total_cmp);
+    Ok(all)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let threads = args.threads.unwrap_or_else(cores);
+    let message = vec![0x5au8; args.message_bytes];
+    println!(
+        "custos-bench: {} cores, {threads} threads per runtime, {} s per phase, {} connections",
+        cores(),
+        args.seconds,
+        args.connections
+    );
+
+    // 1. Raw ed25519-dalek signing: the ceiling.
+    let raw_key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let raw = on_all_cores(threads, args.seconds, || {
+        std::hint::black_box(raw_key.sign(std::hint::black_box(&message)));
+    });
+    println!("raw ed25519 sign (all cores)          {raw:>10.0} /s");
+    // The same plus verify_strict, still no Custos code: the ceiling for any path that verifies each
+    // signature before returning it, as Custos must.
+    let raw_public = raw_key.verifying_key();
+    let raw_verified = on_all_cores(threads, args.seconds, || {
+        let sig = raw_key.sign(std::hint::black_box(&message));
+        std::hint::black_box(raw_public.verify_strict(&message, &sig).is_ok());
+    });
+    println!("raw ed25519 sign + verify (all cores) {raw_verified:>10.0} /s");
+
+    // The server: its own runtime, as `custos serve` runs it.
+    let data = tempfile::tempdir()?;
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
+    let (keys, target) = server_rt.block_on(async {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::create(data.path())?);
+        let password = secrecy::SecretString::from("custos-bench".to_owned());
+        let soft = SoftProvider::open(
+            ProviderName::new("soft")?,
+            Arc::clone(&store),
+            &password,
+            KdfParams::default(),
+        )
+        .await?;
+        let limits = Limits {
+            max_batch_items: args.batch_size.max(1000),
+            ..Limits::default()
+        };
+        let keys = Arc::new(
+            KeyManager::load(
+                Arc::clone(&store),
+                vec![Arc::new(soft)],
+                ProviderName::new("soft")?,
+                limits,
+            )
+            .await?,
+        );
+        keys.create_key(KeyName::new("bench")?, Algorithm::Ed25519, vec![])
+            .await?;
+        let access = Arc::new(Access::load(store).await?);
+        let token = access
+            .issue("bench", &[Scope::Admin], None)
+            .await?
+            .token
+            .expose_secret()
+            .to_owned();
+        let app = custos_server::router(
+            AppState::new(Arc::clone(&keys), access),
+            HttpOptions::default(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(custos_server::serve(
+            listener,
+            app,
+            None,
+            std::future::pending(),
+        ));
+        anyhow::Ok((keys, Target { addr, token }))
+    })?;
+
+    // 2. The core sign path in-process: what HTTP adds is measured against this too.
+    let name = KeyName::new("bench")?;
+    let request = SignRequest {
+        input: SignInput::Message(message.clone()),
+        hash: None,
+        version: None,
+    };
+    let handle = server_rt.handle().clone();
+    let core = on_all_cores(threads, args.seconds, || {
+        let outcome = handle.block_on(keys.sign(&name, &request));
+        std::hint::black_box(outcome.is_ok());
+    });
+    println!("core sign path, in-process (all cores) {core:>10.0} /s   (sign + mandatory verify)");
+
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?;
+    let target = Arc::new(target);
+    let single_body =
+        Bytes::from(serde_json::json!({ "message": b64::encode(&message) }).to_string());
+    let items: Vec<_> = (0..args.batch_size)
+        .map(|_| serde_json::json!({ "message": b64::encode(&message) }))
+        .collect();
+    let batch_body = Bytes::from(serde_json::json!({ "items": items }).to_string());
+
+    let (http, batch_requests, latencies) = client_rt
+        .block_on(async {
+            // Warm up connections and caches.
+            closed_loop(
+                &target,
+                args.connections,
+                0.5,
+                "/v1/keys/bench/sign",
+                single_body.clone(),
+            )
+            .await?;
+            let http = closed_loop(
+                &target,
+                args.connections,
+                args.seconds,
+                "/v1/keys/bench/sign",
+                single_body.clone(),
+            )
+            .await?;
+            let batch = closed_loop(
+                &target,
+                args.connections.min(8),
+                args.seconds,
+                "/v1/keys/bench/sign-batch",
+                batch_body,
+            )
+            .await?;
+            let latencies = open_loop(
+                &target,
+                args.connections,
+                args.seconds,
+                http / 2.0,
+                "/v1/keys/bench/sign",
+                single_body,
+            )
+            .await?;
+            anyhow::Ok((http, batch, latencies))
+        })
+        .context("HTTP phase failed")?;
+    let batch_items = batch_requests * args.batch_size as f64;
+    let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
+    println!(
+        "http sign, {} connections              {http:>10.0} /s",
+        args.connections
+    );
+    println!(
+        "http sign-batch ({} items/request)      {batch_items:>10.0} items/s",
+        args.batch_size
+    );
+    println!(
+        "latency at {:.0} req/s (half of peak)   p50 {p50:.2} ms  p99 {p99:.2} ms  ({} requests)",
+        http / 2.0,
+        latencies.len()
+    );
+    let report = serde_json::json!({
+        "cores": cores(),
+        "raw_sign_per_s": raw.round(),
+        "raw_sign_verify_per_s": raw_verified.round(),
+        "core_sign_per_s": core.round(),
+        "http_sign_per_s": http.round(),
+        "ratio_single": round3(http / raw),
+        "ratio_single_vs_core": round3(http / core),
+        "ratio_single_vs_sign_verify": round3(http / raw_verified),
+        "batch_items_per_s": batch_items.round(),
+        "ratio_batch": round3(batch_items / raw),
+        "ratio_batch_vs_sign_verify": round3(batch_items / raw_verified),
+        "half_load_rps": (http / 2.0).round(),
+        "p50_ms": round3(p50),
+        "p99_ms": round3(p99),
+    });
+    println!("{report}");
+    drop(server_rt);
+    Ok(())
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

@@ -377,7 +377,14 @@ async fn every_route_works() {
 }
 
 /// Method, path, token, body, expected status, expected code.
-type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, StatusCode, &'a str);
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    String,
+    StatusCode,
+    &'a str,
+);
 
 #[tokio::test]
 async fn bad_inputs_get_their_status_and_code() {

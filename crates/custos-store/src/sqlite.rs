@@ -306,9 +306,7 @@ fn load_keys(conn: &Connection, only: Option<&str>) -> Result<Vec<KeyRecord>, St
 /// The raw columns of a `sealed_keys` row, before validation.
 type SealedRow = (String, String, String, Vec<u8>, Vec<u8>, String);
 
-fn sealed_from_row(
-    row: &Row<'_>,
-) -> rusqlite::Result<SealedRow> {
+fn sealed_from_row(row: &Row<'_>) -> rusqlite::Result<SealedRow> {
     Ok((
         row.get(0)?,
         row.get(1)?,
