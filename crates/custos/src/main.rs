@@ -75,15 +75,8 @@ enum Command {
         name: String,
         #[command(flatten)]
         input: InputArgs,
-        /// The hash for an ECDSA message: sha256 (default) or keccak256.
-        #[arg(long)]
-        hash: Option<String>,
-        /// Sign with this version instead of the current one.
-        #[arg(long)]
-        version: Option<u32>,
-        /// Signature encoding: raw (default) or der (ECDSA).
-        #[arg(long)]
-        format: Option<String>,
+        #[command(flatten)]
+        options: SignOptions,
         #[command(flatten)]
         conn: Conn,
     },
@@ -93,18 +86,11 @@ enum Command {
         name: String,
         #[command(flatten)]
         input: InputArgs,
-        /// The hash for an ECDSA message: sha256 (default) or keccak256.
-        #[arg(long)]
-        hash: Option<String>,
         /// The signature, base64.
         #[arg(long)]
         signature: String,
-        /// Check this version only (default: any version that can verify).
-        #[arg(long)]
-        version: Option<u32>,
-        /// Signature encoding: raw (default) or der.
-        #[arg(long)]
-        format: Option<String>,
+        #[command(flatten)]
+        options: SignOptions,
         #[command(flatten)]
         conn: Conn,
     },
@@ -161,6 +147,20 @@ struct InputArgs {
     /// A 32-byte digest in hex (ECDSA keys only).
     #[arg(long)]
     digest_hex: Option<String>,
+}
+
+/// How to hash, which version, which encoding: shared by `sign` and `verify`.
+#[derive(Debug, Args)]
+struct SignOptions {
+    /// The hash for an ECDSA message: sha256 (default) or keccak256.
+    #[arg(long)]
+    hash: Option<String>,
+    /// The key version (default: the current one to sign; any usable one to verify).
+    #[arg(long)]
+    version: Option<u32>,
+    /// Signature encoding: raw (default) or der (ECDSA).
+    #[arg(long)]
+    format: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -284,16 +284,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sign {
             name,
             input,
-            hash,
-            version,
-            format,
+            options,
             conn,
         } => {
-            let body = SignRequestBody {
-                version,
-                format,
-                ..sign_input(&input, hash)?
-            };
+            let body = sign_body(&input, options)?;
             let client = connect(&conn)?;
             let r: SignResponse = client
                 .call(Method::POST, &format!("/v1/keys/{name}/sign"), Some(&body))
@@ -313,20 +307,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify {
             name,
             input,
-            hash,
             signature,
-            version,
-            format,
+            options,
             conn,
         } => {
-            let input = sign_input(&input, hash)?;
+            let signed = sign_body(&input, options)?;
             let body = VerifyRequestBody {
-                message: input.message,
-                digest: input.digest,
-                hash: input.hash,
+                message: signed.message,
+                digest: signed.digest,
+                hash: signed.hash,
                 signature,
-                format,
-                version,
+                format: signed.format,
+                version: signed.version,
             };
             let client = connect(&conn)?;
             let r: VerifyResponse = client
@@ -386,9 +378,12 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sign_input(input: &InputArgs, hash: Option<String>) -> anyhow::Result<SignRequestBody> {
+/// The request body for what the user gave: the input (base64-encoded) and the options.
+fn sign_body(input: &InputArgs, options: SignOptions) -> anyhow::Result<SignRequestBody> {
     let mut body = SignRequestBody {
-        hash,
+        hash: options.hash,
+        version: options.version,
+        format: options.format,
         ..SignRequestBody::default()
     };
     if let Some(path) = &input.message_file {
