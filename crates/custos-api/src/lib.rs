@@ -78,6 +78,16 @@ pub mod codes {
         ),
         ("invalid_scope", 400, "a token scope is not recognised"),
         (
+            "adopt_not_found",
+            400,
+            "the provider has no key matching the adopt reference",
+        ),
+        (
+            "adopt_conflict",
+            400,
+            "that provider key already belongs to a Custos key",
+        ),
+        (
             "not_supported",
             400,
             "the operation does not apply to this key's algorithm",
@@ -149,6 +159,10 @@ pub struct CreateKeyRequest {
     /// The provider to hold the key (default: the configured default provider).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// Adopt a key that already exists in the provider instead of generating one (PKCS#11:
+    /// `label:<text>` or `id:<hex>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt: Option<String>,
 }
 
 /// A key with all its versions.

@@ -158,6 +158,7 @@ impl From<ProviderError> for CoreError {
                     format!("the provider does not support {alg}"),
                 ),
                 ProviderError::InvalidPayload(why) => CoreError::bad("invalid_payload", why),
+                ProviderError::NotSupported(why) => CoreError::bad("not_supported", why),
                 other => CoreError::Internal(other.to_string()),
             }
         }

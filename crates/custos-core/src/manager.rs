@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use custos_provider::{KeyProvider, ProviderHealth};
+use custos_provider::{KeyProvider, ProviderError, ProviderHealth};
 use custos_store::{KeyRecord, Location, Store, StoreError, VersionRecord};
 use custos_types::{
     Algorithm, HashAlgorithm, KeyName, KeyVersion, ProviderName, SignPayload, Signature,
@@ -287,17 +287,81 @@ impl KeyManager {
     ) -> Result<Arc<KeyRecord>, CoreError> {
         let chain = self.resolve_chain(algorithm, chain)?;
         let _guard = self.admin.lock().await;
-        if self
-            .keys
-            .read()
-            .map_err(|_| poisoned())?
-            .contains_key(&name)
-        {
-            return Err(CoreError::KeyExists(name));
-        }
+        self.check_name_free(&name)?;
         let version = self
             .new_version(&name, algorithm, &chain, KeyVersion::FIRST)
             .await?;
+        self.register(name, algorithm, chain, version).await
+    }
+
+    /// Takes a key that already exists in a provider into Custos as version 1 of `name`, by the provider's
+    /// reference (for PKCS#11: `label:<text>` or `id:<hex>`).
+    pub async fn adopt_key(
+        &self,
+        name: KeyName,
+        algorithm: Algorithm,
+        provider: Option<ProviderName>,
+        reference: &str,
+    ) -> Result<Arc<KeyRecord>, CoreError> {
+        let chain = self.resolve_chain(algorithm, provider.into_iter().collect())?;
+        let provider_name = &chain[0];
+        let provider = self
+            .providers
+            .get(provider_name)
+            .ok_or_else(|| CoreError::Internal(format!("provider {provider_name} vanished")))?;
+        let _guard = self.admin.lock().await;
+        self.check_name_free(&name)?;
+        let adopted = provider
+            .adopt(reference, algorithm)
+            .await
+            .map_err(|e| match e {
+                ProviderError::UnknownKey(_) => CoreError::bad(
+                    "adopt_not_found",
+                    format!("provider {provider_name} has no key matching {reference:?}"),
+                ),
+                ProviderError::NotSupported(why) => CoreError::bad("not_supported", why),
+                other => other.into(),
+            })?;
+        let taken = self.keys.read().map_err(|_| poisoned())?.values().any(|k| {
+            k.versions
+                .iter()
+                .flat_map(|v| &v.locations)
+                .any(|l| l.provider == *provider_name && l.handle == adopted.handle)
+        });
+        if taken {
+            return Err(CoreError::bad(
+                "adopt_conflict",
+                format!("that key of provider {provider_name} already belongs to a Custos key"),
+            ));
+        }
+        let version = VersionRecord {
+            version: KeyVersion::FIRST,
+            state: VersionState::Current,
+            public_key: adopted.public_key,
+            created_at: Timestamp::now(),
+            locations: vec![Location {
+                provider: provider_name.clone(),
+                handle: adopted.handle,
+            }],
+        };
+        self.register(name, algorithm, chain, version).await
+    }
+
+    fn check_name_free(&self, name: &KeyName) -> Result<(), CoreError> {
+        if self.keys.read().map_err(|_| poisoned())?.contains_key(name) {
+            return Err(CoreError::KeyExists(name.clone()));
+        }
+        Ok(())
+    }
+
+    /// Stores a new key with its first version and adds it to the registry.
+    async fn register(
+        &self,
+        name: KeyName,
+        algorithm: Algorithm,
+        chain: Vec<ProviderName>,
+        version: VersionRecord,
+    ) -> Result<Arc<KeyRecord>, CoreError> {
         let record = KeyRecord {
             name: name.clone(),
             algorithm,

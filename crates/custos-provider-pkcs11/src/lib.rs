@@ -105,61 +105,6 @@ impl Pkcs11Provider {
             .await
             .map_err(|e| ProviderError::Unavailable(format!("PKCS#11 task failed: {e}")))?
     }
-
-    /// Adopts a key that already exists on the token, by `label:<text>` or `id:<hex>`.
-    pub async fn adopt(
-        &self,
-        reference: &str,
-        algorithm: Algorithm,
-    ) -> Result<GeneratedKey, ProviderError> {
-        let search = match reference.split_once(':') {
-            Some(("label", label)) if !label.is_empty() => {
-                Attribute::Label(label.as_bytes().to_vec())
-            }
-            Some(("id", id)) => Attribute::Id(
-                hex::decode(id).map_err(|_| ProviderError::InvalidPayload("id: must be hex"))?,
-            ),
-            _ => {
-                return Err(ProviderError::InvalidPayload(
-                    "adopt by label:<text> or id:<hex>",
-                ))
-            }
-        };
-        self.blocking(move |inner| {
-            inner
-                .token
-                .with_session(|session| {
-                    let found = session
-                        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), search])?;
-                    let Some(&private) = found.first() else {
-                        return Ok(None);
-                    };
-                    let attrs = session.get_attributes(private, &[AttributeType::Id])?;
-                    let id = attrs.into_iter().find_map(|a| match a {
-                        Attribute::Id(id) if !id.is_empty() => Some(id),
-                        _ => None,
-                    });
-                    Ok(id)
-                })?
-                .ok_or_else(|| {
-                    ProviderError::UnknownKey(KeyHandle::new(
-                        "no private key with a CKA_ID matches",
-                    ))
-                })
-                .and_then(|id| {
-                    let handle = KeyHandle::new(hex::encode(&id));
-                    let info = inner.load(&handle)?;
-                    if info.algorithm != algorithm {
-                        return Err(ProviderError::UnsupportedAlgorithm(algorithm));
-                    }
-                    Ok(GeneratedKey {
-                        handle,
-                        public_key: info.public_key,
-                    })
-                })
-        })
-        .await
-    }
 }
 
 impl Inner {
@@ -337,6 +282,61 @@ impl KeyProvider for Pkcs11Provider {
         let label = label.to_owned();
         self.blocking(move |inner| inner.generate(algorithm, &label))
             .await
+    }
+
+    /// Adopts a key that already exists on the token, by `label:<text>` or `id:<hex>`.
+    async fn adopt(
+        &self,
+        reference: &str,
+        algorithm: Algorithm,
+    ) -> Result<GeneratedKey, ProviderError> {
+        let search = match reference.split_once(':') {
+            Some(("label", label)) if !label.is_empty() => {
+                Attribute::Label(label.as_bytes().to_vec())
+            }
+            Some(("id", id)) => Attribute::Id(
+                hex::decode(id).map_err(|_| ProviderError::InvalidPayload("id: must be hex"))?,
+            ),
+            _ => {
+                return Err(ProviderError::InvalidPayload(
+                    "adopt by label:<text> or id:<hex>",
+                ))
+            }
+        };
+        self.blocking(move |inner| {
+            inner
+                .token
+                .with_session(|session| {
+                    let found = session
+                        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), search])?;
+                    let Some(&private) = found.first() else {
+                        return Ok(None);
+                    };
+                    let attrs = session.get_attributes(private, &[AttributeType::Id])?;
+                    let id = attrs.into_iter().find_map(|a| match a {
+                        Attribute::Id(id) if !id.is_empty() => Some(id),
+                        _ => None,
+                    });
+                    Ok(id)
+                })?
+                .ok_or_else(|| {
+                    ProviderError::UnknownKey(KeyHandle::new(
+                        "no private key with a CKA_ID matches",
+                    ))
+                })
+                .and_then(|id| {
+                    let handle = KeyHandle::new(hex::encode(&id));
+                    let info = inner.load(&handle)?;
+                    if info.algorithm != algorithm {
+                        return Err(ProviderError::UnsupportedAlgorithm(algorithm));
+                    }
+                    Ok(GeneratedKey {
+                        handle,
+                        public_key: info.public_key,
+                    })
+                })
+        })
+        .await
     }
 
     async fn public_key(&self, handle: &KeyHandle) -> Result<PublicKey, ProviderError> {

@@ -18,6 +18,9 @@ pub enum ProviderError {
     /// The payload does not fit the key (a digest for Ed25519, a message for ECDSA; not retryable).
     #[error("invalid payload: {0}")]
     InvalidPayload(&'static str),
+    /// The provider does not offer this operation (caller's or configuration's fault; not retryable).
+    #[error("not supported: {0}")]
+    NotSupported(&'static str),
     /// The back-end cannot be reached or is not ready (retryable).
     #[error("provider unavailable: {0}")]
     Unavailable(String),

@@ -80,6 +80,19 @@ pub trait KeyProvider: Send + Sync + Debug {
         label: &str,
     ) -> Result<GeneratedKey, ProviderError>;
 
+    /// Takes a key that already exists in the back-end into Custos, by a provider-specific reference
+    /// (for PKCS#11: `label:<text>` or `id:<hex>`). Providers that cannot do this keep the default.
+    async fn adopt(
+        &self,
+        reference: &str,
+        algorithm: Algorithm,
+    ) -> Result<GeneratedKey, ProviderError> {
+        let _ = (reference, algorithm);
+        Err(ProviderError::NotSupported(
+            "this provider cannot adopt existing keys",
+        ))
+    }
+
     /// The public key of a key the provider holds.
     async fn public_key(&self, handle: &KeyHandle) -> Result<PublicKey, ProviderError>;
 

@@ -78,13 +78,28 @@ pub async fn create_key(
     let request: CreateKeyRequest = parse(&body)?;
     let name = KeyName::new(request.name).map_err(CoreError::from)?;
     let algorithm: Algorithm = request.algorithm.parse().map_err(CoreError::from)?;
-    let chain = match request.provider {
-        None => Vec::new(),
-        Some(p) => vec![ProviderName::new(p).map_err(|e| {
-            ApiError::bad("unknown_provider", format!("invalid provider name: {e}"))
-        })?],
+    let provider = request
+        .provider
+        .map(|p| {
+            ProviderName::new(p).map_err(|e| {
+                ApiError::bad("unknown_provider", format!("invalid provider name: {e}"))
+            })
+        })
+        .transpose()?;
+    let key = match request.adopt {
+        None => {
+            state
+                .keys
+                .create_key(name, algorithm, provider.into_iter().collect())
+                .await?
+        }
+        Some(reference) => {
+            state
+                .keys
+                .adopt_key(name, algorithm, provider, &reference)
+                .await?
+        }
     };
-    let key = state.keys.create_key(name, algorithm, chain).await?;
     Ok((StatusCode::CREATED, Json(views::key(&state.keys, &key))))
 }
 

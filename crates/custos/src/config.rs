@@ -53,12 +53,30 @@ pub enum ProviderConfig {
         #[serde(default)]
         kdf: Option<KdfParams>,
     },
+    /// A PKCS#11 token (an HSM, or SoftHSM2 for development).
+    Pkcs11 {
+        /// The instance name.
+        name: String,
+        /// The PKCS#11 module (shared library).
+        module: PathBuf,
+        /// The token's label (recommended), or `slot`.
+        #[serde(default)]
+        token_label: Option<String>,
+        /// The slot id, when the token has no stable label.
+        #[serde(default)]
+        slot: Option<u64>,
+        /// The user PIN, as a secret reference.
+        pin: SecretRef,
+        /// The most concurrent sessions (default 4).
+        #[serde(default)]
+        sessions: Option<usize>,
+    },
 }
 
 impl ProviderConfig {
     pub fn name(&self) -> &str {
         match self {
-            ProviderConfig::Soft { name, .. } => name,
+            ProviderConfig::Soft { name, .. } | ProviderConfig::Pkcs11 { name, .. } => name,
         }
     }
 }
@@ -177,6 +195,16 @@ mod tests {
             SecretRef::File("/run/secrets/custos".into())
         );
         assert_eq!(config.default_provider(), "soft-a");
+        let text = r#"
+            [[providers]]
+            type = "pkcs11"
+            name = "hsm"
+            module = "/usr/lib/softhsm/libsofthsm2.so"
+            token_label = "custos"
+            pin = { env = "CUSTOS_HSM_PIN" }
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        assert_eq!(config.providers[0].name(), "hsm");
     }
 
     #[test]
@@ -185,6 +213,7 @@ mod tests {
             "listen_addr = \"x\"",
             "[[providers]]\ntype = \"soft\"\nname = \"s\"\npin = \"1234\"",
             "[[providers]]\ntype = \"hsm\"\nname = \"s\"",
+            "[[providers]]\ntype = \"pkcs11\"\nname = \"h\"\nmodule = \"m.so\"\npin = \"1234\"",
             "master_password = \"plain text\"",
         ] {
             assert!(toml::from_str::<Config>(text).is_err(), "{text}");

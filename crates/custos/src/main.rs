@@ -175,6 +175,10 @@ enum KeyCommand {
         /// The provider to hold it (default: the server's default provider).
         #[arg(long)]
         provider: Option<String>,
+        /// Adopt a key that already exists in the provider instead of generating one
+        /// (PKCS#11: label:<text> or id:<hex>).
+        #[arg(long)]
+        adopt: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -411,12 +415,14 @@ async fn key(command: KeyCommand) -> anyhow::Result<()> {
             name,
             algorithm,
             provider,
+            adopt,
             conn,
         } => {
             let body = CreateKeyRequest {
                 name,
                 algorithm,
                 provider,
+                adopt,
             };
             let key: KeyView = connect(&conn)?
                 .call(Method::POST, "/v1/keys", Some(&body))

@@ -67,6 +67,23 @@ pub async fn open(
                 })?;
                 providers.push(Arc::new(soft));
             }
+            ProviderConfig::Pkcs11 {
+                module,
+                token_label,
+                slot,
+                pin,
+                sessions,
+                ..
+            } => {
+                providers.push(pkcs11(
+                    name,
+                    module,
+                    token_label.as_deref(),
+                    *slot,
+                    pin,
+                    *sessions,
+                )?);
+            }
         }
     }
     let default =
@@ -81,6 +98,46 @@ pub async fn open(
         keys: Arc::new(keys),
         access: Arc::new(access),
     })
+}
+
+#[cfg(feature = "pkcs11")]
+fn pkcs11(
+    name: ProviderName,
+    module: &Path,
+    token_label: Option<&str>,
+    slot: Option<u64>,
+    pin: &crate::config::SecretRef,
+    sessions: Option<usize>,
+) -> anyhow::Result<Arc<dyn KeyProvider>> {
+    use custos_provider_pkcs11::{Pkcs11Config, Pkcs11Provider, TokenRef};
+    let token = match (token_label, slot) {
+        (Some(label), None) => TokenRef::Label(label.to_owned()),
+        (None, Some(slot)) => TokenRef::Slot(slot),
+        _ => bail!("provider {name}: give exactly one of token_label and slot"),
+    };
+    let config = Pkcs11Config {
+        module: module.to_path_buf(),
+        token,
+        pin: pin
+            .read()
+            .with_context(|| format!("provider {name}: cannot read the PIN"))?,
+        sessions: sessions.unwrap_or(4),
+    };
+    let provider = Pkcs11Provider::new(name.clone(), config)
+        .map_err(|e| anyhow::anyhow!("cannot open PKCS#11 provider {name}: {e}"))?;
+    Ok(Arc::new(provider))
+}
+
+#[cfg(not(feature = "pkcs11"))]
+fn pkcs11(
+    name: ProviderName,
+    _: &Path,
+    _: Option<&str>,
+    _: Option<u64>,
+    _: &crate::config::SecretRef,
+    _: Option<usize>,
+) -> anyhow::Result<Arc<dyn KeyProvider>> {
+    bail!("provider {name}: this build of custos has no PKCS#11 support (cargo feature `pkcs11`)")
 }
 
 /// Issues an admin token and returns it.

@@ -371,3 +371,234 @@ fn help_is_complete() {
         "{out}"
     );
 }
+
+/// A SoftHSM2 token store in `dir`, with one token; returns the `SOFTHSM2_CONF` path.
+fn softhsm_token(dir: &Path, label: &str, pin: &str) -> std::path::PathBuf {
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--so-pin",
+            "1234",
+            "--pin",
+            pin,
+        ])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .expect("softhsm2-util (scripts/test installs softhsm2)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    conf
+}
+
+#[test]
+fn keys_in_a_pkcs11_hsm_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = softhsm_token(tmp.path(), "custos-cli", "5678");
+    let config = tmp.path().join("custos.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+data_dir = "{}"
+listen = "127.0.0.1:0"
+
+[[providers]]
+type = "soft"
+name = "soft"
+
+[[providers]]
+type = "pkcs11"
+name = "hsm"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "custos-cli"
+pin = {{ env = "TEST_HSM_PIN" }}
+sessions = 2
+"#,
+            tmp.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let config_s = config.to_str().unwrap();
+    let with_hsm = |mut cmd: Command| {
+        cmd.env("SOFTHSM2_CONF", &conf).env("TEST_HSM_PIN", "5678");
+        cmd
+    };
+    let init = ok(with_hsm(custos(&["init", "--config", config_s]))
+        .output()
+        .unwrap());
+    let root = init
+        .split_whitespace()
+        .find(|w| w.starts_with("cst_"))
+        .unwrap()
+        .to_owned();
+    let (server, _) = spawn(
+        with_hsm(custos(&["serve", "--config", config_s])),
+        "listening on ",
+    );
+    let hsm_client = |args: &[&str]| {
+        ok(with_hsm(custos(args))
+            .env("CUSTOS_ADDR", &server.addr)
+            .env("CUSTOS_TOKEN", &root)
+            .output()
+            .unwrap())
+    };
+
+    let created = hsm_client(&[
+        "key",
+        "create",
+        "hsm-ed",
+        "--algorithm",
+        "ed25519",
+        "--provider",
+        "hsm",
+        "--json",
+    ]);
+    assert_eq!(
+        field(&created, &["versions", "0", "locations", "0", "kind"]),
+        "pkcs11"
+    );
+    assert_eq!(
+        field(&created, &["versions", "0", "locations", "0", "exportable"]),
+        "false"
+    );
+    hsm_client(&[
+        "key",
+        "create",
+        "hsm-p256",
+        "--algorithm",
+        "p256",
+        "--provider",
+        "hsm",
+    ]);
+    let signed = hsm_client(&["sign", "hsm-p256", "--message", "tx", "--json"]);
+    assert_eq!(field(&signed, &["provider"]), "hsm");
+    let signature = field(&signed, &["signature"]);
+    hsm_client(&[
+        "verify",
+        "hsm-p256",
+        "--message",
+        "tx",
+        "--signature",
+        &signature,
+    ]);
+    let signed_ed = hsm_client(&["sign", "hsm-ed", "--message", "block", "--json"]);
+    assert_eq!(field(&signed_ed, &["provider"]), "hsm");
+
+    // Adopt a key made outside Custos, by label.
+    let out = Command::new("pkcs11-tool")
+        .args([
+            "--module",
+            "/usr/lib/softhsm/libsofthsm2.so",
+            "--token-label",
+            "custos-cli",
+            "--login",
+            "--pin",
+            "5678",
+            "--keypairgen",
+            "--key-type",
+            "EC:secp256k1",
+            "--label",
+            "legacy",
+            "--id",
+            "beef",
+        ])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .expect("pkcs11-tool (scripts/test installs opensc)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let adopted = hsm_client(&[
+        "key",
+        "create",
+        "legacy",
+        "--algorithm",
+        "secp256k1",
+        "--provider",
+        "hsm",
+        "--adopt",
+        "label:legacy",
+        "--json",
+    ]);
+    assert_eq!(
+        field(&adopted, &["versions", "0", "locations", "0", "handle"]),
+        "beef"
+    );
+    assert!(field(&adopted, &["versions", "0", "public_key", "address"]).starts_with("0x"));
+    hsm_client(&["sign", "legacy", "--message", "tx", "--hash", "keccak256"]);
+
+    // Health lists both providers.
+    let health: serde_json::Value = serde_json::from_str(
+        &String::from_utf8(
+            Command::new("curl")
+                .args(["-s", &format!("{}/v1/health", server.addr)])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let kinds: Vec<_> = health["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["pkcs11", "soft"], "{health}");
+    server.stop();
+
+    // After a restart the HSM keys are found again by their CKA_ID.
+    let (server, _) = spawn(
+        with_hsm(custos(&["serve", "--config", config_s])),
+        "listening on ",
+    );
+    let again = ok(with_hsm(custos(&[
+        "verify",
+        "hsm-p256",
+        "--message",
+        "tx",
+        "--signature",
+        &signature,
+    ]))
+    .env("CUSTOS_ADDR", &server.addr)
+    .env("CUSTOS_TOKEN", &root)
+    .output()
+    .unwrap());
+    assert!(again.contains("valid"), "{again}");
+    ok(
+        with_hsm(custos(&["sign", "hsm-ed", "--message", "block 2"]))
+            .env("CUSTOS_ADDR", &server.addr)
+            .env("CUSTOS_TOKEN", &root)
+            .output()
+            .unwrap(),
+    );
+    server.stop();
+
+    // A wrong PIN stops start-up with a clear message.
+    let out = with_hsm(custos(&["serve", "--config", config_s]))
+        .env("TEST_HSM_PIN", "0000")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("login failed"), "{}", text(&out));
+}
