@@ -77,7 +77,7 @@ pub enum CoreError {
     #[error("this token may not {0}")]
     Forbidden(String),
     /// No provider could serve the request; retrying later can help. The detail is internal.
-    #[error("provider unavailable: {0}")]
+    #[error("{0}")]
     Unavailable(String),
     /// An internal failure; the detail is internal.
     #[error("internal error: {0}")]

@@ -16,7 +16,7 @@ pub use address::{ethereum_address, solana_address};
 pub use algorithm::{Algorithm, HashAlgorithm, SignatureFormat};
 pub use error::TypesError;
 pub use name::{KeyHandle, KeyName, ProviderName};
-pub use public_key::PublicKey;
+pub use public_key::{ecdsa_der_to_raw, PublicKey};
 pub use signature::{SignPayload, Signature, DIGEST_LEN};
 pub use version::{KeyVersion, VersionState};
 

@@ -112,6 +112,23 @@ macro_rules! ecdsa_ops {
 ecdsa_ops!(ec_k256, k256);
 ecdsa_ops!(ec_p256, p256);
 
+/// Converts a DER ECDSA signature, as HSMs and cloud KMS return them, to 64-byte r‖s (big-endian).
+/// The result is not yet checked against any key; [`PublicKey::verify`] does that.
+pub fn ecdsa_der_to_raw(algorithm: Algorithm, der: &[u8]) -> Result<[u8; 64], TypesError> {
+    let bytes = match algorithm {
+        Algorithm::Secp256k1 => ec_k256::decode(algorithm, der, SignatureFormat::Der)?.to_bytes(),
+        Algorithm::P256 => ec_p256::decode(algorithm, der, SignatureFormat::Der)?.to_bytes(),
+        Algorithm::Ed25519 => {
+            return Err(TypesError::NotSupported(
+                "Ed25519 signatures have no DER form",
+            ))
+        }
+    };
+    let mut raw = [0u8; 64];
+    raw.copy_from_slice(&bytes);
+    Ok(raw)
+}
+
 impl PublicKey {
     /// Checks and canonicalises public key bytes (ECDSA keys may be given compressed or uncompressed).
     pub fn from_bytes(algorithm: Algorithm, bytes: &[u8]) -> Result<PublicKey, TypesError> {

@@ -71,12 +71,36 @@ pub enum ProviderConfig {
         #[serde(default)]
         sessions: Option<usize>,
     },
+    /// A YubiHSM2 behind `yubihsm-connector`.
+    Yubihsm {
+        /// The instance name.
+        name: String,
+        /// The connector's URL (default `http://127.0.0.1:12345`).
+        #[serde(default = "default_yubihsm_connector")]
+        connector: String,
+        /// The authentication key's object id.
+        auth_key_id: u16,
+        /// The authentication key's password, as a secret reference.
+        password: SecretRef,
+        /// The domain new keys belong to (1-16; default 1).
+        #[serde(default = "default_yubihsm_domain")]
+        domain: u8,
+    },
+}
+
+fn default_yubihsm_connector() -> String {
+    "http://127.0.0.1:12345".into()
+}
+fn default_yubihsm_domain() -> u8 {
+    1
 }
 
 impl ProviderConfig {
     pub fn name(&self) -> &str {
         match self {
-            ProviderConfig::Soft { name, .. } | ProviderConfig::Pkcs11 { name, .. } => name,
+            ProviderConfig::Soft { name, .. }
+            | ProviderConfig::Pkcs11 { name, .. }
+            | ProviderConfig::Yubihsm { name, .. } => name,
         }
     }
 }
@@ -205,6 +229,17 @@ mod tests {
         "#;
         let config: Config = toml::from_str(text).unwrap();
         assert_eq!(config.providers[0].name(), "hsm");
+        let text = r#"
+            [[providers]]
+            type = "yubihsm"
+            name = "yubi"
+            auth_key_id = 1
+            password = { file = "/run/secrets/yubihsm" }
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        assert!(
+            matches!(&config.providers[0], ProviderConfig::Yubihsm { connector, domain: 1, .. } if connector == "http://127.0.0.1:12345")
+        );
     }
 
     #[test]

@@ -84,6 +84,15 @@ pub async fn open(
                     *sessions,
                 )?);
             }
+            ProviderConfig::Yubihsm {
+                connector,
+                auth_key_id,
+                password,
+                domain,
+                ..
+            } => {
+                providers.push(yubihsm(name, connector, *auth_key_id, password, *domain)?);
+            }
         }
     }
     let default =
@@ -138,6 +147,48 @@ fn pkcs11(
     _: Option<usize>,
 ) -> anyhow::Result<Arc<dyn KeyProvider>> {
     bail!("provider {name}: this build of custos has no PKCS#11 support (cargo feature `pkcs11`)")
+}
+
+#[cfg(feature = "yubihsm")]
+fn yubihsm(
+    name: ProviderName,
+    connector: &str,
+    auth_key_id: u16,
+    password: &crate::config::SecretRef,
+    domain: u8,
+) -> anyhow::Result<Arc<dyn KeyProvider>> {
+    use custos_provider_yubihsm::{YubiHsmConfig, YubiHsmProvider};
+    let (addr, port) = connector
+        .strip_prefix("http://")
+        .and_then(|rest| rest.trim_end_matches('/').rsplit_once(':'))
+        .and_then(|(host, port)| Some((host.to_owned(), port.parse::<u16>().ok()?)))
+        .with_context(|| format!("provider {name}: connector must look like http://HOST:PORT"))?;
+    let http = yubihsm::HttpConfig {
+        addr,
+        port,
+        timeout_ms: 5000,
+    };
+    let config = YubiHsmConfig {
+        auth_key_id,
+        password: password
+            .read()
+            .with_context(|| format!("provider {name}: cannot read the password"))?,
+        domain,
+    };
+    let provider = YubiHsmProvider::new(name.clone(), yubihsm::Connector::http(&http), config)
+        .map_err(|e| anyhow::anyhow!("cannot open YubiHSM provider {name}: {e}"))?;
+    Ok(Arc::new(provider))
+}
+
+#[cfg(not(feature = "yubihsm"))]
+fn yubihsm(
+    name: ProviderName,
+    _: &str,
+    _: u16,
+    _: &crate::config::SecretRef,
+    _: u8,
+) -> anyhow::Result<Arc<dyn KeyProvider>> {
+    bail!("provider {name}: this build of custos has no YubiHSM support (cargo feature `yubihsm`)")
 }
 
 /// Issues an admin token and returns it.

@@ -602,3 +602,104 @@ sessions = 2
     assert!(!out.status.success());
     assert!(text(&out).contains("login failed"), "{}", text(&out));
 }
+
+#[test]
+fn an_unreachable_yubihsm_is_reported_not_fatal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("custos.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+data_dir = "{}"
+listen = "127.0.0.1:0"
+
+[[providers]]
+type = "soft"
+name = "soft"
+
+[[providers]]
+type = "yubihsm"
+name = "yubi"
+connector = "http://127.0.0.1:1"
+auth_key_id = 1
+password = {{ env = "TEST_YUBIHSM_PASSWORD" }}
+"#,
+            tmp.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let config_s = config.to_str().unwrap();
+    let mut init = custos(&["init", "--config", config_s]);
+    init.env("TEST_YUBIHSM_PASSWORD", "password");
+    let root = ok(init.output().unwrap())
+        .split_whitespace()
+        .find(|w| w.starts_with("cst_"))
+        .unwrap()
+        .to_owned();
+    let mut serve = custos(&["serve", "--config", config_s]);
+    serve.env("TEST_YUBIHSM_PASSWORD", "password");
+    let (server, _) = spawn(serve, "listening on ");
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            &format!("{}/v1/health", server.addr),
+        ])
+        .output()
+        .unwrap();
+    let answer = String::from_utf8(out.stdout).unwrap();
+    let (body, status) = answer.rsplit_once('\n').unwrap();
+    assert_eq!(status, "503", "{body}");
+    let health: serde_json::Value = serde_json::from_str(body).unwrap();
+    let yubi = health["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "yubi")
+        .unwrap();
+    assert_eq!(yubi["available"], false, "{health}");
+    assert!(
+        yubi["detail"].as_str().unwrap().contains("unreachable"),
+        "{health}"
+    );
+    // The soft provider keeps working.
+    ok(client(
+        &server,
+        &root,
+        &[
+            "key",
+            "create",
+            "k",
+            "--algorithm",
+            "ed25519",
+            "--provider",
+            "soft",
+        ],
+    ));
+    ok(client(
+        &server,
+        &root,
+        &["sign", "k", "--message", "still signing"],
+    ));
+    let refused = client(
+        &server,
+        &root,
+        &[
+            "key",
+            "create",
+            "y",
+            "--algorithm",
+            "ed25519",
+            "--provider",
+            "yubi",
+        ],
+    );
+    assert!(
+        !refused.status.success() && text(&refused).contains("provider_unavailable"),
+        "{}",
+        text(&refused)
+    );
+    server.stop();
+}
