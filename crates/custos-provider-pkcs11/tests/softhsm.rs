@@ -107,11 +107,7 @@ async fn conformance_suite_on_softhsm2() {
     let hsm = provider("custos-test", PIN).unwrap();
     // A token that is not plugged in: the provider exists, and says it is unavailable.
     let absent = provider("custos-absent", PIN).unwrap();
-    conformance::run(conformance::Harness {
-        provider: Arc::new(hsm),
-        unavailable: Arc::new(absent),
-    })
-    .await;
+    conformance::run(conformance::Harness::new(Arc::new(hsm), Arc::new(absent))).await;
 }
 
 #[tokio::test]

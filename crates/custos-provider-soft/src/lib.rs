@@ -305,10 +305,10 @@ mod tests {
         let (down, down_store) = open(down_dir.path(), "pw").await.unwrap();
         // A provider whose storage has gone away: a real closed SQLite store, not a mock.
         down_store.close();
-        conformance::run(conformance::Harness {
-            provider: Arc::new(provider),
-            unavailable: Arc::new(down),
-        })
+        conformance::run(conformance::Harness::new(
+            Arc::new(provider),
+            Arc::new(down),
+        ))
         .await;
     }
 

@@ -316,11 +316,7 @@ mod tests {
             config("password"),
         )
         .unwrap();
-        conformance::run(conformance::Harness {
-            provider: Arc::new(hsm),
-            unavailable: Arc::new(down),
-        })
-        .await;
+        conformance::run(conformance::Harness::new(Arc::new(hsm), Arc::new(down))).await;
     }
 
     #[test]

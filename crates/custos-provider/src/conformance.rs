@@ -24,6 +24,44 @@ pub struct Harness {
     /// The same kind of provider whose back-end cannot be reached (a stopped service, a removed token,
     /// a store that fails). Its errors must say they are retryable.
     pub unavailable: Arc<dyn KeyProvider>,
+    /// A known deviation of an emulator standing in for the real back-end; `None` for real parts.
+    pub quirk: Option<EmulatorQuirk>,
+}
+
+/// A known way an emulator differs from the service it stands in for. The suite then checks signatures
+/// against what the emulator actually signs, and every other check stays the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmulatorQuirk {
+    /// The emulator treats a prehashed digest as a message and signs SHA-256 of it (moto's KMS with
+    /// `MessageType=DIGEST`). Real AWS KMS signs the digest as given.
+    DigestHashedAgain,
+}
+
+impl Harness {
+    /// A harness for a provider and its unreachable twin.
+    pub fn new(provider: Arc<dyn KeyProvider>, unavailable: Arc<dyn KeyProvider>) -> Harness {
+        Harness {
+            provider,
+            unavailable,
+            quirk: None,
+        }
+    }
+
+    /// Declares an emulator's known deviation.
+    pub fn with_quirk(mut self, quirk: EmulatorQuirk) -> Harness {
+        self.quirk = Some(quirk);
+        self
+    }
+}
+
+/// What the back-end really signed for `payload`.
+fn signed_payload(quirk: Option<EmulatorQuirk>, payload: &SignPayload) -> SignPayload {
+    match (quirk, payload) {
+        (Some(EmulatorQuirk::DigestHashedAgain), SignPayload::Digest(d)) => {
+            SignPayload::Digest(HashAlgorithm::Sha256.digest(d))
+        }
+        _ => payload.clone(),
+    }
 }
 
 /// Runs every check; panics with a description on the first failure.
@@ -39,12 +77,12 @@ pub async fn run(harness: Harness) {
         "healthy provider reports unavailable"
     );
     for &alg in &caps.algorithms {
-        generate_sign_verify(provider.as_ref(), alg).await;
+        generate_sign_verify(provider.as_ref(), alg, harness.quirk).await;
     }
     unknown_key(provider.as_ref(), caps.algorithms[0]).await;
     wrong_algorithm(provider.as_ref(), &caps.algorithms).await;
     unavailable(harness.unavailable.as_ref(), caps.algorithms[0]).await;
-    concurrent_signing(provider, caps.algorithms[0]).await;
+    concurrent_signing(provider, caps.algorithms[0], harness.quirk).await;
 }
 
 fn payload_for(alg: Algorithm, message: &[u8]) -> SignPayload {
@@ -61,7 +99,11 @@ fn random_message() -> Vec<u8> {
     message
 }
 
-async fn generate_sign_verify(provider: &dyn KeyProvider, alg: Algorithm) {
+async fn generate_sign_verify(
+    provider: &dyn KeyProvider,
+    alg: Algorithm,
+    quirk: Option<EmulatorQuirk>,
+) {
     let key = provider
         .generate(alg, "custos-conformance")
         .await
@@ -91,6 +133,7 @@ async fn generate_sign_verify(provider: &dyn KeyProvider, alg: Algorithm) {
             .sign(&key.handle, alg, &payload)
             .await
             .unwrap_or_else(|e| panic!("sign {alg}: {e}"));
+        let payload = signed_payload(quirk, &payload);
         let sig = public
             .verify(&payload, &raw, SignatureFormat::Raw)
             .unwrap_or_else(|e| panic!("{alg} signature does not verify: {e}"));
@@ -204,7 +247,11 @@ async fn unavailable(provider: &dyn KeyProvider, alg: Algorithm) {
     assert!(err.is_retryable(), "unavailable must be retryable: {err:?}");
 }
 
-async fn concurrent_signing(provider: &Arc<dyn KeyProvider>, alg: Algorithm) {
+async fn concurrent_signing(
+    provider: &Arc<dyn KeyProvider>,
+    alg: Algorithm,
+    quirk: Option<EmulatorQuirk>,
+) {
     let key = provider
         .generate(alg, "custos-conformance")
         .await
@@ -222,7 +269,7 @@ async fn concurrent_signing(provider: &Arc<dyn KeyProvider>, alg: Algorithm) {
                         .await
                         .expect("sign");
                     key.public_key
-                        .verify(&payload, &raw, SignatureFormat::Raw)
+                        .verify(&signed_payload(quirk, &payload), &raw, SignatureFormat::Raw)
                         .expect("concurrent signature verifies");
                 }
             })

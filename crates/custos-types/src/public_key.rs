@@ -1,7 +1,7 @@
 //! Public keys: validation, encodings (raw, PEM, chain address) and signature verification.
 
 use ::k256::elliptic_curve::sec1::ToEncodedPoint as _;
-use ::k256::pkcs8::{EncodePublicKey as _, LineEnding};
+use ::k256::pkcs8::{DecodePublicKey as _, EncodePublicKey as _, LineEnding};
 use serde::{Deserialize, Serialize};
 
 use crate::{address, Algorithm, SignPayload, Signature, SignatureFormat, TypesError, DIGEST_LEN};
@@ -153,6 +153,28 @@ impl PublicKey {
             bytes,
             parsed,
         })
+    }
+
+    /// Reads a DER SubjectPublicKeyInfo (as cloud KMS and OpenSSL give public keys) of `algorithm`.
+    pub fn from_spki_der(algorithm: Algorithm, der: &[u8]) -> Result<PublicKey, TypesError> {
+        let invalid = |_| TypesError::InvalidPublicKey(algorithm);
+        let bytes = match algorithm {
+            Algorithm::Ed25519 => ed25519_dalek::VerifyingKey::from_public_key_der(der)
+                .map_err(invalid)?
+                .to_bytes()
+                .to_vec(),
+            Algorithm::Secp256k1 => ::k256::PublicKey::from_public_key_der(der)
+                .map_err(invalid)?
+                .to_encoded_point(false)
+                .as_bytes()
+                .to_vec(),
+            Algorithm::P256 => ::p256::PublicKey::from_public_key_der(der)
+                .map_err(invalid)?
+                .to_encoded_point(false)
+                .as_bytes()
+                .to_vec(),
+        };
+        PublicKey::from_bytes(algorithm, &bytes)
     }
 
     /// The key's algorithm.
@@ -365,5 +387,43 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, TypesError::NotSupported(_)));
         assert!(public.to_pem().starts_with("-----BEGIN PUBLIC KEY-----"));
+    }
+
+    #[test]
+    fn spki_der_round_trips_through_pem() {
+        use ::k256::pkcs8::DecodePublicKey as _;
+        for (alg, bytes) in [
+            (
+                Algorithm::Ed25519,
+                ed25519_dalek::SigningKey::from_bytes(&[3u8; 32])
+                    .verifying_key()
+                    .to_bytes()
+                    .to_vec(),
+            ),
+            (
+                Algorithm::Secp256k1,
+                ::k256::ecdsa::SigningKey::from_slice(&[5u8; 32])
+                    .unwrap()
+                    .verifying_key()
+                    .to_encoded_point(false)
+                    .as_bytes()
+                    .to_vec(),
+            ),
+            (
+                Algorithm::P256,
+                ::p256::ecdsa::SigningKey::from_slice(&[5u8; 32])
+                    .unwrap()
+                    .verifying_key()
+                    .to_encoded_point(false)
+                    .as_bytes()
+                    .to_vec(),
+            ),
+        ] {
+            let key = PublicKey::from_bytes(alg, &bytes).unwrap();
+            let (_, doc) = ::k256::pkcs8::Document::from_pem(&key.to_pem()).unwrap();
+            assert_eq!(PublicKey::from_spki_der(alg, doc.as_bytes()).unwrap(), key);
+            let _ = ::p256::PublicKey::from_public_key_der(doc.as_bytes()).is_ok();
+        }
+        assert!(PublicKey::from_spki_der(Algorithm::P256, b"not der").is_err());
     }
 }
