@@ -86,6 +86,36 @@ pub enum ProviderConfig {
         #[serde(default = "default_yubihsm_domain")]
         domain: u8,
     },
+    /// AWS KMS, with credentials from the standard AWS chain (environment, profile, instance role).
+    Awskms {
+        /// The instance name.
+        name: String,
+        /// The region (default: from the AWS chain).
+        #[serde(default)]
+        region: Option<String>,
+        /// An endpoint override (a VPC endpoint, or an emulator).
+        #[serde(default)]
+        endpoint: Option<String>,
+        /// Request limits.
+        #[serde(default)]
+        limits: KmsLimitsConfig,
+    },
+}
+
+/// AWS KMS limits in the config; unset fields keep the provider's defaults.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KmsLimitsConfig {
+    /// Sustained requests per second (keep below the account's KMS quota).
+    pub requests_per_second: Option<u32>,
+    /// Requests allowed at once above the sustained rate.
+    pub burst: Option<u32>,
+    /// Requests in flight at once.
+    pub max_concurrency: Option<usize>,
+    /// Milliseconds a request may wait for its turn before failing as throttled.
+    pub max_wait_ms: Option<u64>,
+    /// Attempts per request (throttling and transient errors are retried with backoff).
+    pub max_attempts: Option<u32>,
 }
 
 fn default_yubihsm_connector() -> String {
@@ -100,7 +130,8 @@ impl ProviderConfig {
         match self {
             ProviderConfig::Soft { name, .. }
             | ProviderConfig::Pkcs11 { name, .. }
-            | ProviderConfig::Yubihsm { name, .. } => name,
+            | ProviderConfig::Yubihsm { name, .. }
+            | ProviderConfig::Awskms { name, .. } => name,
         }
     }
 }

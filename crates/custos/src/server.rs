@@ -93,6 +93,14 @@ pub async fn open(
             } => {
                 providers.push(yubihsm(name, connector, *auth_key_id, password, *domain)?);
             }
+            ProviderConfig::Awskms {
+                region,
+                endpoint,
+                limits,
+                ..
+            } => {
+                providers.push(awskms(name, region.as_deref(), endpoint.as_deref(), limits).await?);
+            }
         }
     }
     let default =
@@ -189,6 +197,50 @@ fn yubihsm(
     _: u8,
 ) -> anyhow::Result<Arc<dyn KeyProvider>> {
     bail!("provider {name}: this build of custos has no YubiHSM support (cargo feature `yubihsm`)")
+}
+
+#[cfg(feature = "awskms")]
+async fn awskms(
+    name: ProviderName,
+    region: Option<&str>,
+    endpoint: Option<&str>,
+    limits: &crate::config::KmsLimitsConfig,
+) -> anyhow::Result<Arc<dyn KeyProvider>> {
+    use custos_provider_awskms::{KmsLimits, KmsProvider};
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region.to_owned()));
+    }
+    if let Some(endpoint) = endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    let sdk = loader.load().await;
+    if sdk.region().is_none() {
+        bail!("provider {name}: no AWS region: set `region` in the config or AWS_REGION");
+    }
+    let defaults = KmsLimits::default();
+    let limits = KmsLimits {
+        requests_per_second: limits
+            .requests_per_second
+            .unwrap_or(defaults.requests_per_second),
+        burst: limits.burst.unwrap_or(defaults.burst),
+        max_concurrency: limits.max_concurrency.unwrap_or(defaults.max_concurrency),
+        max_wait: limits
+            .max_wait_ms
+            .map_or(defaults.max_wait, std::time::Duration::from_millis),
+        max_attempts: limits.max_attempts.unwrap_or(defaults.max_attempts),
+    };
+    Ok(Arc::new(KmsProvider::new(name, &sdk, limits)))
+}
+
+#[cfg(not(feature = "awskms"))]
+async fn awskms(
+    name: ProviderName,
+    _: Option<&str>,
+    _: Option<&str>,
+    _: &crate::config::KmsLimitsConfig,
+) -> anyhow::Result<Arc<dyn KeyProvider>> {
+    bail!("provider {name}: this build of custos has no AWS KMS support (cargo feature `awskms`)")
 }
 
 /// Issues an admin token and returns it.

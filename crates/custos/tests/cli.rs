@@ -703,3 +703,105 @@ password = {{ env = "TEST_YUBIHSM_PASSWORD" }}
     );
     server.stop();
 }
+
+/// moto's KMS emulator on a free loopback port; stopped on drop.
+struct Moto(Child, String);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn moto() -> Moto {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server (scripts/test installs moto[server])");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "moto_server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Moto(child, format!("http://127.0.0.1:{port}"))
+}
+
+#[test]
+fn aws_kms_keys_and_a_bad_signature_is_never_returned() {
+    let moto = moto();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("custos.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n\n[[providers]]\ntype = \"soft\"\nname = \"soft\"\n\n\
+             [[providers]]\ntype = \"awskms\"\nname = \"kms\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\n",
+            tmp.path().join("data").display(),
+            moto.1
+        ),
+    )
+    .unwrap();
+    let config_s = config.to_str().unwrap();
+    let aws = |mut cmd: Command| {
+        cmd.env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE");
+        cmd
+    };
+    let root = ok(aws(custos(&["init", "--config", config_s]))
+        .output()
+        .unwrap())
+    .split_whitespace()
+    .find(|w| w.starts_with("cst_"))
+    .unwrap()
+    .to_owned();
+    let (server, _) = spawn(
+        aws(custos(&["serve", "--config", config_s])),
+        "listening on ",
+    );
+    let created = ok(client(
+        &server,
+        &root,
+        &[
+            "key",
+            "create",
+            "eth-kms",
+            "--algorithm",
+            "secp256k1",
+            "--provider",
+            "kms",
+            "--json",
+        ],
+    ));
+    assert_eq!(
+        field(&created, &["versions", "0", "locations", "0", "kind"]),
+        "awskms"
+    );
+    assert_eq!(
+        field(&created, &["versions", "0", "locations", "0", "exportable"]),
+        "false"
+    );
+    assert!(field(&created, &["versions", "0", "public_key", "address"]).starts_with("0x"));
+    // moto signs SHA-256 of the digest instead of the digest: the signature does not verify under the
+    // key, so Custos refuses to return it. This is the local-verification invariant at work.
+    let signed = client(&server, &root, &["sign", "eth-kms", "--message", "tx"]);
+    assert!(!signed.status.success());
+    assert!(
+        text(&signed).contains("(internal, HTTP 500)"),
+        "{}",
+        text(&signed)
+    );
+    server.stop();
+}
