@@ -11,6 +11,8 @@
 //!
 //! The server and the load generator share the machine's cores. The last line is JSON.
 
+mod softhsm;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,9 +34,20 @@ use hyper::{header, Request};
 use hyper_util::rt::TokioIo;
 use secrecy::ExposeSecret as _;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    /// Software provider: HTTP against raw in-process ed25519-dalek signing.
+    Soft,
+    /// SoftHSM2: HTTP through Custos's PKCS#11 provider against a direct cryptoki loop on the same token.
+    Softhsm,
+}
+
 #[derive(Debug, Parser)]
 #[command(about = "Custos signing benchmark: HTTP against raw in-process signing, in one run")]
 struct Args {
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "soft")]
+    mode: Mode,
     /// Seconds per phase.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
@@ -52,7 +65,7 @@ struct Args {
     threads: Option<usize>,
 }
 
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -80,7 +93,7 @@ fn on_all_cores(threads: usize, seconds: f64, work: impl Fn() + Sync) -> f64 {
     count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-struct Target {
+pub(crate) struct Target {
     addr: SocketAddr,
     token: String,
 }
@@ -115,7 +128,7 @@ async fn post(
 }
 
 /// Closed loop: every connection sends as fast as answers come back. Returns requests per second.
-async fn closed_loop(
+pub(crate) async fn closed_loop(
     target: &Arc<Target>,
     connections: usize,
     seconds: f64,
@@ -189,8 +202,58 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// Starts the real server on 127.0.0.1:0 in the current runtime, with the software provider (the
+/// default) plus `providers`; returns the key manager and how to reach the server.
+pub(crate) async fn start_server(
+    data: &std::path::Path,
+    providers: Vec<Arc<dyn custos_provider::KeyProvider>>,
+    batch_size: usize,
+) -> anyhow::Result<(Arc<KeyManager>, Target)> {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::create(data)?);
+    let password = secrecy::SecretString::from("custos-bench".to_owned());
+    let soft = SoftProvider::open(
+        ProviderName::new("soft")?,
+        Arc::clone(&store),
+        &password,
+        KdfParams::default(),
+    )
+    .await?;
+    let limits = Limits {
+        max_batch_items: batch_size.max(1000),
+        ..Limits::default()
+    };
+    let mut all: Vec<Arc<dyn custos_provider::KeyProvider>> = vec![Arc::new(soft)];
+    all.extend(providers);
+    let keys = Arc::new(
+        KeyManager::load(Arc::clone(&store), all, ProviderName::new("soft")?, limits).await?,
+    );
+    let access = Arc::new(Access::load(store).await?);
+    let token = access
+        .issue("bench", &[Scope::Admin], None)
+        .await?
+        .token
+        .expose_secret()
+        .to_owned();
+    let app = custos_server::router(
+        AppState::new(Arc::clone(&keys), access),
+        HttpOptions::default(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(custos_server::serve(
+        listener,
+        app,
+        None,
+        std::future::pending(),
+    ));
+    Ok((keys, Target { addr, token }))
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.mode == Mode::Softhsm {
+        return softhsm::run(&args);
+    }
     let threads = args.threads.unwrap_or_else(cores);
     let message = vec![0x5au8; args.message_bytes];
     println!(
@@ -221,52 +284,9 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(threads)
         .enable_all()
         .build()?;
-    let (keys, target) = server_rt.block_on(async {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::create(data.path())?);
-        let password = secrecy::SecretString::from("custos-bench".to_owned());
-        let soft = SoftProvider::open(
-            ProviderName::new("soft")?,
-            Arc::clone(&store),
-            &password,
-            KdfParams::default(),
-        )
-        .await?;
-        let limits = Limits {
-            max_batch_items: args.batch_size.max(1000),
-            ..Limits::default()
-        };
-        let keys = Arc::new(
-            KeyManager::load(
-                Arc::clone(&store),
-                vec![Arc::new(soft)],
-                ProviderName::new("soft")?,
-                limits,
-            )
-            .await?,
-        );
-        keys.create_key(KeyName::new("bench")?, Algorithm::Ed25519, vec![])
-            .await?;
-        let access = Arc::new(Access::load(store).await?);
-        let token = access
-            .issue("bench", &[Scope::Admin], None)
-            .await?
-            .token
-            .expose_secret()
-            .to_owned();
-        let app = custos_server::router(
-            AppState::new(Arc::clone(&keys), access),
-            HttpOptions::default(),
-        );
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(custos_server::serve(
-            listener,
-            app,
-            None,
-            std::future::pending(),
-        ));
-        anyhow::Ok((keys, Target { addr, token }))
-    })?;
+    let (keys, target) =
+        server_rt.block_on(start_server(data.path(), Vec::new(), args.batch_size))?;
+    server_rt.block_on(keys.create_key(KeyName::new("bench")?, Algorithm::Ed25519, vec![]))?;
 
     // 2. The core sign path in-process: what HTTP adds is measured against this too.
     let name = KeyName::new("bench")?;
@@ -369,6 +389,6 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn round3(x: f64) -> f64 {
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }

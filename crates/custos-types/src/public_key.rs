@@ -70,7 +70,6 @@ macro_rules! ecdsa_ops {
         pub(crate) mod $module {
             use super::*;
             use ::ecdsa::RecoveryId;
-            use ::$curve::ecdsa::signature::hazmat::PrehashVerifier as _;
             use ::$curve::ecdsa::{Signature as EcSig, VerifyingKey};
 
             pub(crate) fn canonical(bytes: &[u8]) -> Option<(Vec<u8>, VerifyingKey)> {
@@ -92,16 +91,44 @@ macro_rules! ecdsa_ops {
                 Ok(parsed.normalize_s().unwrap_or(parsed))
             }
 
+            /// ECDSA verification (SEC1 v2 section 4.1.4) that also yields the recovery id.
+            ///
+            /// R' = u1·G + u2·Q with u1 = z/s and u2 = r/s; the signature is valid when x(R') mod n = r.
+            /// The recovery id is the parity of y(R'), plus 2 when x(R') ≥ n. One linear combination,
+            /// where `verify_prehash` followed by `trial_recovery_from_prehash` costs up to five.
             pub(crate) fn check(
                 alg: Algorithm,
                 vk: &VerifyingKey,
                 digest: &[u8; DIGEST_LEN],
                 sig: EcSig,
             ) -> Result<Signature, TypesError> {
-                vk.verify_prehash(digest, &sig)
-                    .map_err(|_| TypesError::BadSignature)?;
-                let rid = RecoveryId::trial_recovery_from_prehash(vk, digest, &sig)
-                    .map_err(|_| TypesError::BadSignature)?;
+                use ::$curve::elliptic_curve::ops::LinearCombination as _;
+                use ::$curve::elliptic_curve::point::AffineCoordinates as _;
+                use ::$curve::elliptic_curve::PrimeField as _;
+                use ::$curve::{AffinePoint, FieldBytes, ProjectivePoint, Scalar, U256};
+
+                let (r, s) = sig.split_scalars();
+                // bits2int: a 32-byte digest is one big-endian field-sized integer, reduced mod n.
+                let z = <Scalar as ::$curve::elliptic_curve::ops::Reduce<U256>>::reduce_bytes(
+                    FieldBytes::from_slice(digest),
+                );
+                let s_inv = Option::<Scalar>::from(s.invert()).ok_or(TypesError::BadSignature)?;
+                let u1 = z * s_inv;
+                let u2 = *r * s_inv;
+                let q = ProjectivePoint::from(*vk.as_affine());
+                let point: AffinePoint =
+                    ProjectivePoint::lincomb(&ProjectivePoint::GENERATOR, &u1, &q, &u2).into();
+                if point == AffinePoint::IDENTITY {
+                    return Err(TypesError::BadSignature);
+                }
+                let x = point.x();
+                let x_mod_n =
+                    <Scalar as ::$curve::elliptic_curve::ops::Reduce<U256>>::reduce_bytes(&x);
+                if x_mod_n != *r {
+                    return Err(TypesError::BadSignature);
+                }
+                let x_reduced = bool::from(Scalar::from_repr(x).is_none());
+                let rid = RecoveryId::new(bool::from(point.y_is_odd()), x_reduced);
                 let mut raw = [0u8; 64];
                 raw.copy_from_slice(&sig.to_bytes());
                 Ok(Signature::new(alg, raw, Some(rid.to_byte())))
@@ -387,6 +414,42 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, TypesError::NotSupported(_)));
         assert!(public.to_pem().starts_with("-----BEGIN PUBLIC KEY-----"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// The one-pass check agrees with the ecdsa crate's verify and trial recovery, for valid and
+        /// tampered signatures, on both curves.
+        #[test]
+        fn one_pass_ecdsa_check_agrees_with_the_ecdsa_crate(
+            secret in proptest::array::uniform32(1u8..),
+            digest in proptest::array::uniform32(proptest::prelude::any::<u8>()),
+            flip in 0usize..64,
+        ) {
+            use ::k256::ecdsa::signature::hazmat::{PrehashSigner as _, PrehashVerifier as _};
+            macro_rules! agree {
+                ($curve:ident, $alg:expr) => {{
+                    let sk = ::$curve::ecdsa::SigningKey::from_slice(&secret).unwrap();
+                    let vk = *sk.verifying_key();
+                    let key = PublicKey::from_bytes($alg, vk.to_encoded_point(false).as_bytes()).unwrap();
+                    let sig: ::$curve::ecdsa::Signature = sk.sign_prehash(&digest).unwrap();
+                    let sig = sig.normalize_s().unwrap_or(sig);
+                    let ours = key.verify(&SignPayload::Digest(digest), &sig.to_bytes(), SignatureFormat::Raw).unwrap();
+                    let theirs = ::ecdsa::RecoveryId::trial_recovery_from_prehash(&vk, &digest, &sig).unwrap();
+                    proptest::prop_assert_eq!(ours.recovery_id(), Some(theirs.to_byte()));
+                    let mut bad = sig.to_bytes().to_vec();
+                    bad[flip] ^= 0x01;
+                    let crate_says = ::$curve::ecdsa::Signature::from_slice(&bad)
+                        .map(|b| vk.verify_prehash(&digest, &b.normalize_s().unwrap_or(b)).is_ok())
+                        .unwrap_or(false);
+                    let we_say = key.verify(&SignPayload::Digest(digest), &bad, SignatureFormat::Raw).is_ok();
+                    proptest::prop_assert_eq!(we_say, crate_says);
+                }};
+            }
+            agree!(k256, Algorithm::Secp256k1);
+            agree!(p256, Algorithm::P256);
+        }
     }
 
     #[test]
