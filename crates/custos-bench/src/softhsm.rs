@@ -13,6 +13,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType};
 use cryptoki::session::UserType;
 use custos_api::b64;
+use custos_core::{SignInput, SignRequest};
 use custos_provider_pkcs11::{Pkcs11Config, Pkcs11Provider, TokenRef};
 use custos_types::{Algorithm, HashAlgorithm, KeyName, ProviderName};
 use hyper::body::Bytes;
@@ -102,18 +103,22 @@ fn direct(
             HashAlgorithm::Sha256.digest(message).to_vec(),
         ),
     };
+    // The same kind of key Custos makes: a persistent, private, sensitive, non-extractable token object.
     let (_, private) = login.generate_key_pair(
         &gen,
         &[
-            Attribute::Token(false),
+            Attribute::Token(true),
+            Attribute::Private(false),
             Attribute::KeyType(key_type),
             Attribute::EcParams(params),
             Attribute::Verify(true),
         ],
         &[
-            Attribute::Token(false),
+            Attribute::Token(true),
+            Attribute::Private(true),
             Attribute::KeyType(key_type),
             Attribute::Sensitive(true),
+            Attribute::Extractable(false),
             Attribute::Sign(true),
         ],
     )?;
@@ -210,6 +215,47 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .into_iter()
         .zip(direct_rates)
     {
+        // In-process: the core sign path (registry, PKCS#11 provider, local verification), no HTTP.
+        let name = KeyName::new(format!("hsm-{algorithm}"))?;
+        let request = SignRequest {
+            input: SignInput::Message(message.clone()),
+            hash: None,
+            version: None,
+        };
+        let core_rate = server_rt.block_on(async {
+            let stop = Arc::new(AtomicBool::new(false));
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..args.connections)
+                .map(|_| {
+                    let (keys, name, request, stop) = (
+                        Arc::clone(&keys),
+                        name.clone(),
+                        request.clone(),
+                        Arc::clone(&stop),
+                    );
+                    tokio::spawn(async move {
+                        let mut n = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            keys.sign(&name, &request).await?;
+                            n += 1;
+                        }
+                        anyhow::Ok(n)
+                    })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
+            stop.store(true, Ordering::Relaxed);
+            let mut total = 0;
+            for task in tasks {
+                total += task.await??;
+            }
+            anyhow::Ok(total as f64 / start.elapsed().as_secs_f64())
+        })?;
+        println!(
+            "custos core {algorithm:<9} (in-process)      {core_rate:>8.0} /s   ratio {:.3}",
+            core_rate / direct_rate
+        );
+        report[format!("core_{algorithm}_per_s")] = core_rate.round().into();
         let path = format!("/v1/keys/hsm-{algorithm}/sign");
         let rate = client_rt.block_on(async {
             closed_loop(&target, args.connections, 0.5, &path, body.clone()).await?;
