@@ -20,7 +20,9 @@ use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec, Tag};
 use aws_sdk_kms::Client;
-use custos_provider::{Capabilities, GeneratedKey, KeyProvider, ProviderError, ProviderHealth};
+use custos_provider::{
+    signing_input, Capabilities, GeneratedKey, KeyProvider, ProviderError, ProviderHealth,
+};
 use custos_types::{ecdsa_der_to_raw, Algorithm, KeyHandle, ProviderName, PublicKey, SignPayload};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::Semaphore;
@@ -306,27 +308,11 @@ impl KeyProvider for KmsProvider {
         if public.algorithm() != algorithm {
             return Err(ProviderError::UnsupportedAlgorithm(algorithm));
         }
-        let (message, message_type, spec) = match (algorithm, payload) {
-            (Algorithm::Ed25519, SignPayload::Message(m)) => (
-                m.as_slice(),
-                MessageType::Raw,
-                SigningAlgorithmSpec::Ed25519Sha512,
-            ),
-            (Algorithm::Secp256k1 | Algorithm::P256, SignPayload::Digest(d)) => (
-                d.as_slice(),
-                MessageType::Digest,
-                SigningAlgorithmSpec::EcdsaSha256,
-            ),
-            (Algorithm::Ed25519, SignPayload::Digest(_)) => {
-                return Err(ProviderError::InvalidPayload(
-                    "ed25519 signs the message itself, not a digest",
-                ))
-            }
-            (_, SignPayload::Message(_)) => {
-                return Err(ProviderError::InvalidPayload(
-                    "ECDSA signs a 32-byte digest",
-                ))
-            }
+        let message = signing_input(algorithm, payload)?;
+        let (message_type, spec) = if algorithm.is_ecdsa() {
+            (MessageType::Digest, SigningAlgorithmSpec::EcdsaSha256)
+        } else {
+            (MessageType::Raw, SigningAlgorithmSpec::Ed25519Sha512)
         };
         let out = {
             let _permit = self.admit().await?;

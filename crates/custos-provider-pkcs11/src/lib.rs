@@ -21,7 +21,9 @@ use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
-use custos_provider::{Capabilities, GeneratedKey, KeyProvider, ProviderError, ProviderHealth};
+use custos_provider::{
+    signing_input, Capabilities, GeneratedKey, KeyProvider, ProviderError, ProviderHealth,
+};
 use custos_types::{Algorithm, KeyHandle, ProviderName, PublicKey, SignPayload};
 use rand_core::{OsRng, RngCore as _};
 use secrecy::SecretString;
@@ -223,24 +225,11 @@ impl Inner {
         if info.algorithm != algorithm {
             return Err(ProviderError::UnsupportedAlgorithm(algorithm));
         }
-        let (mechanism, data) = match (algorithm, payload) {
-            (Algorithm::Ed25519, SignPayload::Message(m)) => (
-                Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
-                m.as_slice(),
-            ),
-            (Algorithm::Secp256k1 | Algorithm::P256, SignPayload::Digest(d)) => {
-                (Mechanism::Ecdsa, d.as_slice())
-            }
-            (Algorithm::Ed25519, SignPayload::Digest(_)) => {
-                return Err(ProviderError::InvalidPayload(
-                    "ed25519 signs the message itself, not a digest",
-                ))
-            }
-            (_, SignPayload::Message(_)) => {
-                return Err(ProviderError::InvalidPayload(
-                    "ECDSA signs a 32-byte digest",
-                ))
-            }
+        let data = signing_input(algorithm, payload)?;
+        let mechanism = if algorithm.is_ecdsa() {
+            Mechanism::Ecdsa
+        } else {
+            Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure))
         };
         let result = self
             .token

@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use custos_provider::{Capabilities, GeneratedKey, KeyProvider, ProviderError, ProviderHealth};
+use custos_provider::{
+    signing_input, Capabilities, GeneratedKey, KeyProvider, ProviderError, ProviderHealth,
+};
 use custos_store::{SealedKey, Store, StoreError};
 use custos_types::{Algorithm, KeyHandle, ProviderName, PublicKey, SignPayload, Timestamp};
 use ed25519_dalek::Signer as _;
@@ -101,24 +103,19 @@ impl SoftKey {
     }
 
     fn sign(&self, payload: &SignPayload) -> Result<Vec<u8>, ProviderError> {
+        let data = signing_input(self.algorithm(), payload)?;
         let ecdsa_err = |_| ProviderError::InvalidPayload("ECDSA signing failed");
-        match (self, payload) {
-            (SoftKey::Ed25519(k), SignPayload::Message(m)) => Ok(k.sign(m).to_bytes().to_vec()),
-            (SoftKey::Secp256k1(k), SignPayload::Digest(d)) => {
-                let sig: k256::ecdsa::Signature = k.sign_prehash(d).map_err(ecdsa_err)?;
-                Ok(sig.to_bytes().to_vec())
+        Ok(match self {
+            SoftKey::Ed25519(k) => k.sign(data).to_bytes().to_vec(),
+            SoftKey::Secp256k1(k) => {
+                let sig: k256::ecdsa::Signature = k.sign_prehash(data).map_err(ecdsa_err)?;
+                sig.to_bytes().to_vec()
             }
-            (SoftKey::P256(k), SignPayload::Digest(d)) => {
-                let sig: p256::ecdsa::Signature = k.sign_prehash(d).map_err(ecdsa_err)?;
-                Ok(sig.to_bytes().to_vec())
+            SoftKey::P256(k) => {
+                let sig: p256::ecdsa::Signature = k.sign_prehash(data).map_err(ecdsa_err)?;
+                sig.to_bytes().to_vec()
             }
-            (SoftKey::Ed25519(_), SignPayload::Digest(_)) => Err(ProviderError::InvalidPayload(
-                "ed25519 signs the message itself, not a digest",
-            )),
-            (_, SignPayload::Message(_)) => Err(ProviderError::InvalidPayload(
-                "ECDSA signs a 32-byte digest",
-            )),
-        }
+        })
     }
 }
 

@@ -8,7 +8,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use custos_provider::{Capabilities, GeneratedKey, KeyProvider, ProviderError, ProviderHealth};
+use custos_provider::{
+    signing_input, Capabilities, GeneratedKey, KeyProvider, ProviderError, ProviderHealth,
+};
 use custos_types::{ecdsa_der_to_raw, Algorithm, KeyHandle, ProviderName, PublicKey, SignPayload};
 use secrecy::{ExposeSecret as _, SecretString};
 use yubihsm::{asymmetric, object, Capability, Client, Connector, Credentials, Domain};
@@ -236,26 +238,18 @@ impl KeyProvider for YubiHsmProvider {
             if public_key(&key)?.algorithm() != algorithm {
                 return Err(ProviderError::UnsupportedAlgorithm(algorithm));
             }
-            match (algorithm, payload) {
-                (Algorithm::Ed25519, SignPayload::Message(m)) => Ok(client
-                    .sign_ed25519(id, m)
+            let data = signing_input(algorithm, &payload)?.to_vec();
+            if algorithm.is_ecdsa() {
+                let der = client.sign_ecdsa_prehash_raw(id, data).map_err(unknown)?;
+                let raw = ecdsa_der_to_raw(algorithm, &der)
+                    .map_err(|e| ProviderError::Corrupt(format!("YubiHSM signature: {e}")))?;
+                Ok(raw.to_vec())
+            } else {
+                Ok(client
+                    .sign_ed25519(id, data)
                     .map_err(unknown)?
                     .to_bytes()
-                    .to_vec()),
-                (Algorithm::Secp256k1 | Algorithm::P256, SignPayload::Digest(d)) => {
-                    let der = client
-                        .sign_ecdsa_prehash_raw(id, d.to_vec())
-                        .map_err(unknown)?;
-                    let raw = ecdsa_der_to_raw(algorithm, &der)
-                        .map_err(|e| ProviderError::Corrupt(format!("YubiHSM signature: {e}")))?;
-                    Ok(raw.to_vec())
-                }
-                (Algorithm::Ed25519, SignPayload::Digest(_)) => Err(ProviderError::InvalidPayload(
-                    "ed25519 signs the message itself, not a digest",
-                )),
-                (_, SignPayload::Message(_)) => Err(ProviderError::InvalidPayload(
-                    "ECDSA signs a 32-byte digest",
-                )),
+                    .to_vec())
             }
         })
         .await

@@ -29,6 +29,21 @@ pub struct Capabilities {
     pub import: bool,
 }
 
+/// The bytes a back-end signs for a key of `algorithm`: the message for Ed25519, the 32-byte digest for
+/// ECDSA. A payload of the other kind is refused with [`ProviderError::InvalidPayload`].
+pub fn signing_input(algorithm: Algorithm, payload: &SignPayload) -> Result<&[u8], ProviderError> {
+    match (algorithm.is_ecdsa(), payload) {
+        (false, SignPayload::Message(message)) => Ok(message),
+        (true, SignPayload::Digest(digest)) => Ok(digest),
+        (false, SignPayload::Digest(_)) => Err(ProviderError::InvalidPayload(
+            "ed25519 signs the message itself, not a digest",
+        )),
+        (true, SignPayload::Message(_)) => Err(ProviderError::InvalidPayload(
+            "ECDSA signs a 32-byte digest",
+        )),
+    }
+}
+
 /// A key the provider has just generated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GeneratedKey {
