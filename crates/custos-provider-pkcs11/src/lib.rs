@@ -231,13 +231,19 @@ impl Inner {
         } else {
             Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure))
         };
-        let result = self
-            .token
-            .with_session(|session| session.sign(&mechanism, info.private, data));
-        if matches!(result, Err(ProviderError::UnknownKey(_))) {
-            // The object handle went stale (the token was re-opened): look the key up again next time.
-            self.forget(handle);
-        }
+        let sign = |private| {
+            self.token
+                .with_session(|session| session.sign(&mechanism, private, data))
+        };
+        let result = match sign(info.private) {
+            Err(ProviderError::UnknownKey(_)) => {
+                // The object handle went stale (the token was re-opened): find the key again by its
+                // CKA_ID and try once more.
+                self.forget(handle);
+                sign(self.load(handle)?.private)
+            }
+            other => other,
+        };
         result.map_err(|e| match e {
             ProviderError::UnknownKey(_) => ProviderError::UnknownKey(handle.clone()),
             other => other,
@@ -296,8 +302,10 @@ impl KeyProvider for Pkcs11Provider {
             inner
                 .token
                 .with_session(|session| {
-                    let found = session
-                        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), search])?;
+                    let found = session.find_objects(&[
+                        Attribute::Class(ObjectClass::PRIVATE_KEY),
+                        search.clone(),
+                    ])?;
                     let Some(&private) = found.first() else {
                         return Ok(None);
                     };

@@ -95,6 +95,20 @@ fn is_lost(err: &ProviderError) -> bool {
     matches!(err, ProviderError::Unavailable(_))
 }
 
+/// Whether the session is still logged in as the user.
+fn logged_in(session: &Session) -> bool {
+    use cryptoki::session::SessionState;
+    session
+        .get_session_info()
+        .map(|info| {
+            matches!(
+                info.session_state(),
+                SessionState::RoUser | SessionState::RwUser
+            )
+        })
+        .unwrap_or(false)
+}
+
 #[derive(Debug, Default)]
 struct Pool {
     slot: Option<Slot>,
@@ -207,11 +221,25 @@ impl Token {
         }
     }
 
-    /// Runs `f` with a logged-in session. A lost session or token empties the pool so the next call
-    /// re-opens it.
+    /// Runs `f` with a logged-in session. When the session turns out to be lost (closed, logged out, the
+    /// token re-inserted), the pool is emptied and `f` runs once more on a freshly opened session, so a
+    /// transient loss does not fail the caller; a second loss is reported as `Unavailable`.
     pub fn with_session<T>(
         &self,
-        f: impl FnOnce(&Session) -> cryptoki::error::Result<T>,
+        f: impl Fn(&Session) -> cryptoki::error::Result<T>,
+    ) -> Result<T, ProviderError> {
+        match self.attempt(&f) {
+            Err(err) if is_lost(&err) => {
+                tracing::warn!(token = %self.config.token, error = %err, "PKCS#11 session lost; re-opening");
+                self.attempt(&f)
+            }
+            other => other,
+        }
+    }
+
+    fn attempt<T>(
+        &self,
+        f: &impl Fn(&Session) -> cryptoki::error::Result<T>,
     ) -> Result<T, ProviderError> {
         let session = self.checkout()?;
         match f(&session).map_err(map_error) {
@@ -219,9 +247,18 @@ impl Token {
                 self.checkin(session);
                 Ok(value)
             }
+            Err(ProviderError::UnknownKey(_)) if !logged_in(&session) => {
+                // Private objects vanish when the application is logged out (an HSM session timeout,
+                // another client's C_Logout): that is a lost login, not a missing key.
+                drop(session);
+                self.reset();
+                Err(ProviderError::Unavailable(format!(
+                    "{} logged the session out",
+                    self.config.token
+                )))
+            }
             Err(err) => {
                 if is_lost(&err) {
-                    tracing::warn!(token = %self.config.token, error = %err, "PKCS#11 session lost; re-opening");
                     drop(session);
                     self.reset();
                 } else {

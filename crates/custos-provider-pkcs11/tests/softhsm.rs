@@ -14,7 +14,12 @@ use secrecy::SecretString;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "5678";
-const TOKENS: [&str; 3] = ["custos-test", "custos-pin", "custos-adopt"];
+const TOKENS: [&str; 4] = [
+    "custos-test",
+    "custos-pin",
+    "custos-adopt",
+    "custos-relogin",
+];
 
 struct SoftHsm {
     _dir: tempfile::TempDir,
@@ -202,4 +207,35 @@ async fn adopts_existing_token_keys_by_label_and_id() {
         Err(ProviderError::UnknownKey(_))
     ));
     assert!(hsm.adopt("legacy-key", Algorithm::P256).await.is_err());
+}
+
+#[tokio::test]
+async fn a_lost_login_is_reopened_without_failing_the_caller() {
+    let hsm = provider("custos-test", PIN).unwrap();
+    let key = hsm
+        .generate(Algorithm::Ed25519, "custos:relogin:v1")
+        .await
+        .unwrap();
+    let payload = SignPayload::Message(b"before".to_vec());
+    hsm.sign(&key.handle, Algorithm::Ed25519, &payload)
+        .await
+        .unwrap();
+    // Log the whole application out of the token behind the provider's back, as an HSM session
+    // timeout does: every pooled session is now logged out.
+    let ctx = cryptoki::context::Pkcs11::new(MODULE).unwrap();
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == "custos-relogin")
+        .unwrap();
+    ctx.open_ro_session(slot).unwrap().logout().unwrap();
+    let payload = SignPayload::Message(b"after".to_vec());
+    let raw = hsm
+        .sign(&key.handle, Algorithm::Ed25519, &payload)
+        .await
+        .unwrap();
+    key.public_key
+        .verify(&payload, &raw, SignatureFormat::Raw)
+        .unwrap();
 }
