@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use custos_audit::{AuditRecord, Checkpoint};
 pub use custos_types::Timestamp;
 
 /// Standard base64, as every byte field in the API uses it.
@@ -335,6 +336,8 @@ pub struct HealthResponse {
     pub status: String,
     /// `ok` or `unavailable`.
     pub store: String,
+    /// `ok`, or `unavailable` while the audit log cannot be written (Custos then refuses to sign).
+    pub audit: String,
     /// Each provider's state.
     pub providers: Vec<ProviderHealthView>,
 }
@@ -380,4 +383,98 @@ pub struct CreateTokenResponse {
     /// When it expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
+}
+
+/// A token as listed (never the secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenView {
+    /// The public id.
+    pub id: String,
+    /// The name.
+    pub name: String,
+    /// The scopes.
+    pub scopes: Vec<String>,
+    /// When it was issued.
+    pub created_at: Timestamp,
+    /// When it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// When it was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<Timestamp>,
+    /// When it was last used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// `GET /v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenList {
+    /// Every token.
+    pub tokens: Vec<TokenView>,
+}
+
+/// `GET /v1/audit` query parameters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQueryParams {
+    /// Not before this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Not after this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Only this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Only this operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// Only this actor (token id or name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Only this outcome: `ok`, `error` or `denied`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// Records after this sequence number (the previous page's `next_after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+    /// Page size (default 100, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// One page of audit records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditPage {
+    /// The records, in sequence order.
+    pub records: Vec<AuditRecord>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<u64>,
+}
+
+/// `GET /v1/audit/verify`: the server checking its own log, as `custos audit verify` does offline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditVerifyResponse {
+    /// Whether the whole chain and every checkpoint are intact.
+    pub valid: bool,
+    /// Records checked.
+    pub records: u64,
+    /// Checkpoints checked.
+    pub checkpoints: u64,
+    /// The first problem found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /v1/audit/key`: the key that signs audit checkpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditKeyResponse {
+    /// Always `ed25519`.
+    pub algorithm: String,
+    /// Base64 of the raw 32-byte public key.
+    pub public_key: String,
+    /// PEM SubjectPublicKeyInfo.
+    pub pem: String,
 }

@@ -60,6 +60,9 @@ pub struct AuditEntry {
     /// Which key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// What else the operation acted on (a token id, a setting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// Which version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
@@ -89,6 +92,7 @@ impl AuditEntry {
             source: None,
             operation: operation.to_owned(),
             key: None,
+            subject: None,
             version: None,
             provider: None,
             outcome: Outcome::Ok,
@@ -210,6 +214,8 @@ impl Checkpoint {
 }
 
 /// One line of an export (JSON lines): a record or a checkpoint.
+// Lines are built and consumed one at a time, so the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ExportLine {

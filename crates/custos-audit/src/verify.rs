@@ -327,10 +327,7 @@ mod tests {
         lines.swap(a, b);
         let err = check(&lines);
         assert_eq!(err.seq, Some(8), "{err}");
-        assert!(
-            err.reason.contains("moved"),
-            "{err}"
-        );
+        assert!(err.reason.contains("moved"), "{err}");
 
         // Truncation after the last checkpoint: the seal is gone and records 6.. are unvouched.
         let mut lines = log.lines.clone();

@@ -21,7 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use custos_api::b64;
-use custos_core::{Access, KeyManager, Limits, Scope, SignInput, SignRequest};
+use custos_core::{
+    Access, AuditConfig, AuditLog, KeyManager, Limits, Metrics, RequestContext, Scope, SignInput,
+    SignRequest,
+};
 use custos_provider_soft::{KdfParams, SoftProvider};
 use custos_server::{AppState, HttpOptions};
 use custos_store::{SqliteStore, Store};
@@ -208,28 +211,57 @@ pub(crate) async fn start_server(
     data: &std::path::Path,
     providers: Vec<Arc<dyn custos_provider::KeyProvider>>,
     batch_size: usize,
+    audit_on: bool,
 ) -> anyhow::Result<(Arc<KeyManager>, Target)> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::create(data)?);
     let password = secrecy::SecretString::from("custos-bench".to_owned());
-    let soft = SoftProvider::open(
-        ProviderName::new("soft")?,
-        Arc::clone(&store),
-        &password,
-        KdfParams::default(),
-    )
-    .await?;
+    let soft: Arc<dyn custos_provider::KeyProvider> = Arc::new(
+        SoftProvider::open(
+            ProviderName::new("soft")?,
+            Arc::clone(&store),
+            &password,
+            KdfParams::default(),
+        )
+        .await?,
+    );
     let limits = Limits {
         max_batch_items: batch_size.max(1000),
         ..Limits::default()
     };
-    let mut all: Vec<Arc<dyn custos_provider::KeyProvider>> = vec![Arc::new(soft)];
+    let metrics = Arc::new(Metrics::new());
+    let audit = AuditLog::open(
+        Arc::clone(&store),
+        Arc::clone(&soft),
+        AuditConfig::default(),
+        Arc::clone(&metrics),
+    )
+    .await?;
+    let audit = if audit_on {
+        audit
+    } else {
+        AuditLog::discarding(Arc::clone(&store), audit.public_key().clone())
+    };
+    let mut all = vec![soft];
     all.extend(providers);
     let keys = Arc::new(
-        KeyManager::load(Arc::clone(&store), all, ProviderName::new("soft")?, limits).await?,
+        KeyManager::load(
+            Arc::clone(&store),
+            all,
+            ProviderName::new("soft")?,
+            limits,
+            Arc::clone(&audit),
+            metrics,
+        )
+        .await?,
     );
-    let access = Arc::new(Access::load(store).await?);
+    let access = Arc::new(Access::load(store, audit).await?);
     let token = access
-        .issue("bench", &[Scope::Admin], None)
+        .issue(
+            &RequestContext::system("bench"),
+            "bench",
+            &[Scope::Admin],
+            None,
+        )
         .await?
         .token
         .expose_secret()
@@ -284,9 +316,29 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(threads)
         .enable_all()
         .build()?;
+    let ctx = RequestContext::system("bench");
     let (keys, target) =
-        server_rt.block_on(start_server(data.path(), Vec::new(), args.batch_size))?;
-    server_rt.block_on(keys.create_key(KeyName::new("bench")?, Algorithm::Ed25519, vec![]))?;
+        server_rt.block_on(start_server(data.path(), Vec::new(), args.batch_size, true))?;
+    server_rt.block_on(keys.create_key(
+        &ctx,
+        KeyName::new("bench")?,
+        Algorithm::Ed25519,
+        vec![],
+    ))?;
+    // The same server with the audit log discarding records: what the fail-closed log costs.
+    let data_off = tempfile::tempdir()?;
+    let (keys_off, target_off) = server_rt.block_on(start_server(
+        data_off.path(),
+        Vec::new(),
+        args.batch_size,
+        false,
+    ))?;
+    server_rt.block_on(keys_off.create_key(
+        &ctx,
+        KeyName::new("bench")?,
+        Algorithm::Ed25519,
+        vec![],
+    ))?;
 
     // 2. The core sign path in-process: what HTTP adds is measured against this too.
     let name = KeyName::new("bench")?;
@@ -297,7 +349,7 @@ fn main() -> anyhow::Result<()> {
     };
     let handle = server_rt.handle().clone();
     let core = on_all_cores(threads, args.seconds, || {
-        let outcome = handle.block_on(keys.sign(&name, &request));
+        let outcome = handle.block_on(keys.sign(&ctx, &name, &request));
         std::hint::black_box(outcome.is_ok());
     });
     println!("core sign path, in-process (all cores) {core:>10.0} /s   (sign + mandatory verify)");
@@ -314,7 +366,8 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let batch_body = Bytes::from(serde_json::json!({ "items": items }).to_string());
 
-    let (http, batch_requests, latencies) = client_rt
+    let target_off = Arc::new(target_off);
+    let (http, http_audit_off, batch_requests, latencies) = client_rt
         .block_on(async {
             // Warm up connections and caches.
             closed_loop(
@@ -327,6 +380,23 @@ fn main() -> anyhow::Result<()> {
             .await?;
             let http = closed_loop(
                 &target,
+                args.connections,
+                args.seconds,
+                "/v1/keys/bench/sign",
+                single_body.clone(),
+            )
+            .await?;
+            // The same load against the server whose audit log records nothing.
+            closed_loop(
+                &target_off,
+                args.connections,
+                0.5,
+                "/v1/keys/bench/sign",
+                single_body.clone(),
+            )
+            .await?;
+            let http_audit_off = closed_loop(
+                &target_off,
                 args.connections,
                 args.seconds,
                 "/v1/keys/bench/sign",
@@ -350,10 +420,14 @@ fn main() -> anyhow::Result<()> {
                 single_body,
             )
             .await?;
-            anyhow::Ok((http, batch, latencies))
+            anyhow::Ok((http, http_audit_off, batch, latencies))
         })
         .context("HTTP phase failed")?;
     let batch_items = batch_requests * args.batch_size as f64;
+    println!(
+        "http sign, audit log off (comparison)  {http_audit_off:>10.0} /s   audit on/off {:.3}",
+        http / http_audit_off
+    );
     let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
     println!(
         "http sign, {} connections              {http:>10.0} /s",
@@ -375,6 +449,8 @@ fn main() -> anyhow::Result<()> {
         "core_sign_per_s": core.round(),
         "http_sign_per_s": http.round(),
         "ratio_single": round3(http / raw),
+        "http_sign_audit_off_per_s": http_audit_off.round(),
+        "ratio_audit_on_off": round3(http / http_audit_off),
         "ratio_single_vs_core": round3(http / core),
         "ratio_single_vs_sign_verify": round3(http / raw_verified),
         "batch_items_per_s": batch_items.round(),

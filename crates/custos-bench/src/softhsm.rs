@@ -13,7 +13,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType};
 use cryptoki::session::UserType;
 use custos_api::b64;
-use custos_core::{SignInput, SignRequest};
+use custos_core::{RequestContext, SignInput, SignRequest};
 use custos_provider_pkcs11::{Pkcs11Config, Pkcs11Provider, TokenRef};
 use custos_types::{Algorithm, HashAlgorithm, KeyName, ProviderName};
 use hyper::body::Bytes;
@@ -195,14 +195,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         data.path(),
         vec![Arc::new(hsm)],
         args.batch_size,
+        true,
     ))?;
     let hsm = ProviderName::new("hsm")?;
     server_rt.block_on(keys.create_key(
+        &RequestContext::system("bench"),
         KeyName::new("hsm-ed25519")?,
         Algorithm::Ed25519,
         vec![hsm.clone()],
     ))?;
-    server_rt.block_on(keys.create_key(KeyName::new("hsm-p256")?, Algorithm::P256, vec![hsm]))?;
+    server_rt.block_on(keys.create_key(
+        &RequestContext::system("bench"),
+        KeyName::new("hsm-p256")?,
+        Algorithm::P256,
+        vec![hsm],
+    ))?;
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -236,7 +243,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     tokio::spawn(async move {
                         let mut n = 0u64;
                         while !stop.load(Ordering::Relaxed) {
-                            keys.sign(&name, &request).await?;
+                            keys.sign(&RequestContext::system("bench"), &name, &request)
+                                .await?;
                             n += 1;
                         }
                         anyhow::Ok(n)

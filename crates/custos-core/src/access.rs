@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use custos_store::{Store, TokenRecord};
@@ -15,7 +16,8 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use wildmatch::WildMatch;
 
-use crate::CoreError;
+use crate::{AuditLog, CoreError, RequestContext};
+use custos_audit::Outcome;
 
 const TOKEN_PREFIX: &str = "cst_";
 
@@ -30,6 +32,8 @@ pub enum Scope {
     KeysRead,
     /// Rotate keys.
     KeysRotate,
+    /// Read and export the audit log.
+    AuditRead,
     /// Sign with keys whose name matches the pattern (`*` and `?` wildcards).
     Sign(String),
     /// Verify with keys whose name matches the pattern.
@@ -45,7 +49,7 @@ impl Scope {
                 "invalid_scope",
                 format!(
                     "invalid scope {:?}: {why}; expected admin, keys:create, keys:read, keys:rotate, \
-                     sign:<pattern> or verify:<pattern>",
+                     audit:read, sign:<pattern> or verify:<pattern>",
                     text.chars().take(80).collect::<String>()
                 ),
             )
@@ -68,6 +72,7 @@ impl Scope {
             "keys:create" => Scope::KeysCreate,
             "keys:read" => Scope::KeysRead,
             "keys:rotate" => Scope::KeysRotate,
+            "audit:read" => Scope::AuditRead,
             "sign" => Scope::Sign("*".into()),
             "verify" => Scope::Verify("*".into()),
             other => match other.split_once(':') {
@@ -85,6 +90,7 @@ impl Scope {
             (Scope::KeysCreate, Operation::CreateKey) => true,
             (Scope::KeysRead, Operation::ReadKeys) => true,
             (Scope::KeysRotate, Operation::RotateKey(_)) => true,
+            (Scope::AuditRead, Operation::ReadAudit) => true,
             (Scope::Sign(p), Operation::Sign(key)) => matches(p, key),
             (Scope::Verify(p), Operation::Verify(key)) => matches(p, key),
             _ => false,
@@ -99,6 +105,7 @@ impl fmt::Display for Scope {
             Scope::KeysCreate => f.write_str("keys:create"),
             Scope::KeysRead => f.write_str("keys:read"),
             Scope::KeysRotate => f.write_str("keys:rotate"),
+            Scope::AuditRead => f.write_str("audit:read"),
             Scope::Sign(p) => write!(f, "sign:{p}"),
             Scope::Verify(p) => write!(f, "verify:{p}"),
         }
@@ -118,8 +125,10 @@ pub enum Operation<'a> {
     Sign(&'a KeyName),
     /// Verify with a key.
     Verify(&'a KeyName),
-    /// Issue tokens (admin only).
+    /// Issue, list and revoke tokens (admin only).
     ManageTokens,
+    /// Read or export the audit log.
+    ReadAudit,
 }
 
 impl fmt::Display for Operation<'_> {
@@ -131,6 +140,7 @@ impl fmt::Display for Operation<'_> {
             Operation::Sign(k) => write!(f, "sign with key {k}"),
             Operation::Verify(k) => write!(f, "verify with key {k}"),
             Operation::ManageTokens => f.write_str("manage tokens"),
+            Operation::ReadAudit => f.write_str("read the audit log"),
         }
     }
 }
@@ -168,12 +178,16 @@ pub struct IssuedToken {
 struct Entry {
     record: TokenRecord,
     scopes: Arc<[Scope]>,
+    /// Microseconds since the epoch of the last successful use (0: never), and of the last flush.
+    last_used_us: AtomicI64,
+    flushed_us: AtomicI64,
 }
 
 /// Token issuing and checking, backed by the store and cached in memory.
 pub struct Access {
     store: Arc<dyn Store>,
     tokens: RwLock<HashMap<String, Arc<Entry>>>,
+    audit: Arc<AuditLog>,
 }
 
 impl fmt::Debug for Access {
@@ -193,15 +207,18 @@ fn entry(record: TokenRecord) -> Result<Entry, CoreError> {
         .map(|s| Scope::parse(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CoreError::Internal(format!("stored token {}: {e}", record.id)))?;
+    let used = record.last_used_at.map_or(0, |t| t.as_microsecond());
     Ok(Entry {
         record,
         scopes: scopes.into(),
+        last_used_us: AtomicI64::new(used),
+        flushed_us: AtomicI64::new(used),
     })
 }
 
 impl Access {
     /// Loads the token records from the store.
-    pub async fn load(store: Arc<dyn Store>) -> Result<Access, CoreError> {
+    pub async fn load(store: Arc<dyn Store>, audit: Arc<AuditLog>) -> Result<Access, CoreError> {
         let mut tokens = HashMap::new();
         for record in store.list_tokens().await? {
             tokens.insert(record.id.clone(), Arc::new(entry(record)?));
@@ -209,6 +226,7 @@ impl Access {
         Ok(Access {
             store,
             tokens: RwLock::new(tokens),
+            audit,
         })
     }
 
@@ -244,6 +262,9 @@ impl Access {
         {
             return Err(CoreError::Unauthenticated);
         }
+        entry
+            .last_used_us
+            .store(now.as_microsecond(), Ordering::Relaxed);
         Ok(Principal {
             token_id: record.id.clone(),
             name: record.name.clone(),
@@ -251,8 +272,117 @@ impl Access {
         })
     }
 
-    /// Issues a token with `scopes`, valid until `expires_at` (or forever).
+    /// Issues a token with `scopes`, valid until `expires_at` (or forever). Audited.
     pub async fn issue(
+        &self,
+        ctx: &RequestContext,
+        name: &str,
+        scopes: &[Scope],
+        expires_at: Option<Timestamp>,
+    ) -> Result<IssuedToken, CoreError> {
+        let result = self.issue_unaudited(name, scopes, expires_at).await;
+        let mut entry = ctx.entry("token_create");
+        match &result {
+            Ok(issued) => {
+                entry.subject = Some(format!(
+                    "token {} ({})",
+                    issued.record.id, issued.record.name
+                ))
+            }
+            Err(err) => {
+                entry.outcome = Outcome::Error;
+                entry.error_code = Some(err.code().to_owned());
+            }
+        }
+        self.audit.append(entry).await?;
+        result
+    }
+
+    /// Revokes a token; it stops working at once. Audited.
+    pub async fn revoke(&self, ctx: &RequestContext, id: &str) -> Result<TokenRecord, CoreError> {
+        let result = self.revoke_unaudited(id).await;
+        let mut entry = ctx.entry("token_revoke");
+        entry.subject = Some(format!("token {}", id.chars().take(64).collect::<String>()));
+        if let Err(err) = &result {
+            entry.outcome = Outcome::Error;
+            entry.error_code = Some(err.code().to_owned());
+        }
+        self.audit.append(entry).await?;
+        result
+    }
+
+    async fn revoke_unaudited(&self, id: &str) -> Result<TokenRecord, CoreError> {
+        let current = self
+            .tokens
+            .read()
+            .map_err(|_| CoreError::Internal("token map lock poisoned".into()))?
+            .get(id)
+            .cloned()
+            .ok_or_else(|| CoreError::bad("token_not_found", format!("no token with id {id}")))?;
+        let now = Timestamp::now();
+        self.store.revoke_token(id, now).await?;
+        let mut record = current.record.clone();
+        record.revoked_at.get_or_insert(now);
+        let replacement = Arc::new(entry(record.clone())?);
+        replacement.last_used_us.store(
+            current.last_used_us.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        self.tokens
+            .write()
+            .map_err(|_| CoreError::Internal("token map lock poisoned".into()))?
+            .insert(id.to_owned(), replacement);
+        Ok(record)
+    }
+
+    /// Every token record (hashes only), with the last-used time as of now.
+    pub fn list(&self) -> Result<Vec<TokenRecord>, CoreError> {
+        let tokens = self
+            .tokens
+            .read()
+            .map_err(|_| CoreError::Internal("token map lock poisoned".into()))?;
+        let mut out: Vec<TokenRecord> = tokens
+            .values()
+            .map(|e| {
+                let mut record = e.record.clone();
+                let used = e.last_used_us.load(Ordering::Relaxed);
+                record.last_used_at = (used != 0)
+                    .then(|| Timestamp::from_microsecond(used).ok())
+                    .flatten();
+                record
+            })
+            .collect();
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    /// Writes last-used times that changed since the last flush to the store.
+    pub async fn flush_last_used(&self) -> Result<(), CoreError> {
+        let changed: Vec<(String, Timestamp)> = {
+            let tokens = self
+                .tokens
+                .read()
+                .map_err(|_| CoreError::Internal("token map lock poisoned".into()))?;
+            tokens
+                .values()
+                .filter_map(|e| {
+                    let used = e.last_used_us.load(Ordering::Relaxed);
+                    let flushed = e.flushed_us.swap(used, Ordering::Relaxed);
+                    (used != flushed).then(|| {
+                        Timestamp::from_microsecond(used)
+                            .ok()
+                            .map(|t| (e.record.id.clone(), t))
+                    })?
+                })
+                .collect()
+        };
+        if !changed.is_empty() {
+            self.store.touch_tokens(&changed).await?;
+        }
+        Ok(())
+    }
+
+    async fn issue_unaudited(
         &self,
         name: &str,
         scopes: &[Scope],
@@ -284,6 +414,7 @@ impl Access {
             created_at: Timestamp::now(),
             expires_at,
             revoked_at: None,
+            last_used_at: None,
         };
         self.store.create_token(&record).await?;
         self.tokens
@@ -343,10 +474,31 @@ mod tests {
     async fn tokens_are_stored_hashed_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::create(dir.path()).unwrap());
-        let access = Access::load(Arc::clone(&store)).await.unwrap();
+        let soft: Arc<dyn custos_provider::KeyProvider> = Arc::new(
+            custos_provider_soft::SoftProvider::open(
+                custos_types::ProviderName::new("soft").unwrap(),
+                Arc::clone(&store),
+                &SecretString::from("pw".to_owned()),
+                custos_provider_soft::KdfParams::default(),
+            )
+            .await
+            .unwrap(),
+        );
+        let audit = AuditLog::open(
+            Arc::clone(&store),
+            soft,
+            crate::AuditConfig::default(),
+            Arc::new(crate::Metrics::new()),
+        )
+        .await
+        .unwrap();
+        let access = Access::load(Arc::clone(&store), Arc::clone(&audit))
+            .await
+            .unwrap();
+        let ctx = RequestContext::system("test");
         assert!(!access.has_tokens());
         let issued = access
-            .issue("ci", &[Scope::parse("sign:seq-*").unwrap()], None)
+            .issue(&ctx, "ci", &[Scope::parse("sign:seq-*").unwrap()], None)
             .await
             .unwrap();
         let token = issued.token.expose_secret().to_owned();
@@ -382,11 +534,42 @@ mod tests {
         // Expired tokens stop working; a reload sees the same tokens.
         let past = Timestamp::now() - jiff::SignedDuration::from_secs(1);
         let expired = access
-            .issue("old", &[Scope::Admin], Some(past))
+            .issue(&ctx, "old", &[Scope::Admin], Some(past))
             .await
             .unwrap();
         assert!(access.authenticate(expired.token.expose_secret()).is_err());
-        let reloaded = Access::load(store).await.unwrap();
+        // Last use is kept in memory and flushed; revocation takes effect at once, and survives a reload.
+        access.flush_last_used().await.unwrap();
+        let listed = access.list().unwrap();
+        assert!(listed
+            .iter()
+            .find(|t| t.name == "ci")
+            .unwrap()
+            .last_used_at
+            .is_some());
+        let reloaded = Access::load(Arc::clone(&store), Arc::clone(&audit))
+            .await
+            .unwrap();
         assert!(reloaded.authenticate(&token).is_ok());
+        assert!(store
+            .list_tokens()
+            .await
+            .unwrap()
+            .iter()
+            .find(|t| t.name == "ci")
+            .unwrap()
+            .last_used_at
+            .is_some());
+        access.revoke(&ctx, &issued.record.id).await.unwrap();
+        assert!(matches!(
+            access.authenticate(&token),
+            Err(CoreError::Unauthenticated)
+        ));
+        assert_eq!(
+            access.revoke(&ctx, "nope").await.unwrap_err().code(),
+            "token_not_found"
+        );
+        let reloaded = Access::load(store, audit).await.unwrap();
+        assert!(reloaded.authenticate(&token).is_err());
     }
 }

@@ -79,6 +79,9 @@ pub enum CoreError {
     /// No provider could serve the request; retrying later can help. The detail is internal.
     #[error("{0}")]
     Unavailable(String),
+    /// The audit log cannot be written, so the operation was refused (fail closed; retryable).
+    #[error("audit log unavailable: {0}")]
+    AuditUnavailable(String),
     /// An internal failure; the detail is internal.
     #[error("internal error: {0}")]
     Internal(String),
@@ -103,6 +106,7 @@ impl CoreError {
             CoreError::Unauthenticated => "unauthenticated",
             CoreError::Forbidden(_) => "forbidden",
             CoreError::Unavailable(_) => "provider_unavailable",
+            CoreError::AuditUnavailable(_) => "audit_unavailable",
             CoreError::Internal(_) => "internal",
         }
     }
@@ -116,7 +120,7 @@ impl CoreError {
             CoreError::KeyExists(_) | CoreError::VersionNotUsable { .. } => ErrorKind::Conflict,
             CoreError::Unauthenticated => ErrorKind::Unauthenticated,
             CoreError::Forbidden(_) => ErrorKind::Forbidden,
-            CoreError::Unavailable(_) => ErrorKind::Unavailable,
+            CoreError::Unavailable(_) | CoreError::AuditUnavailable(_) => ErrorKind::Unavailable,
             CoreError::Internal(_) => ErrorKind::Internal,
         }
     }

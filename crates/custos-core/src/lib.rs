@@ -1,15 +1,22 @@
 //! The Custos key manager: the key registry, the sign path and access control, with no HTTP.
 //!
 //! [`KeyManager`] keeps every key's versions in memory (loaded from the store at start, written through
-//! on every change), so signing never waits on the store. [`Access`] issues and checks API tokens.
-//! Both are used by the server and could be used by any other front end.
+//! on every change), so signing never waits on the store for keys. [`Access`] issues and checks API
+//! tokens. [`AuditLog`] records every operation durably before its result is returned. All are used by
+//! the server and could be used by any other front end.
 
 mod access;
+mod audit;
+mod context;
 mod error;
 mod manager;
+mod metrics;
 
 pub use access::{Access, IssuedToken, Operation, Principal, Scope};
+pub use audit::{AuditConfig, AuditLog, AuditSink};
+pub use context::RequestContext;
 pub use error::{CoreError, ErrorKind};
 pub use manager::{
     KeyManager, Limits, SignInput, SignOutcome, SignRequest, VerifyOutcome, VerifyRequest,
 };
+pub use metrics::Metrics;

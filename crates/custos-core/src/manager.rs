@@ -15,7 +15,8 @@ use custos_types::{
     SignatureFormat, Timestamp, TypesError, VersionState,
 };
 
-use crate::CoreError;
+use crate::{AuditLog, CoreError, Metrics, RequestContext};
+use custos_audit::{AuditEntry, Outcome};
 
 /// Size limits applied to every request, whatever the front end.
 #[derive(Debug, Clone, Copy)]
@@ -99,6 +100,8 @@ pub struct KeyManager {
     /// Serialises key creation and rotation.
     admin: tokio::sync::Mutex<()>,
     limits: Limits,
+    audit: Arc<AuditLog>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for KeyManager {
@@ -107,6 +110,14 @@ impl std::fmt::Debug for KeyManager {
             .field("providers", &self.providers.keys().collect::<Vec<_>>())
             .field("limits", &self.limits)
             .finish_non_exhaustive()
+    }
+}
+
+/// Puts the key's current version and provider into an audit entry.
+fn describe_key(key: &Arc<KeyRecord>, entry: &mut AuditEntry) {
+    if let Some(current) = key.current() {
+        entry.version = Some(current.version.0);
+        entry.provider = current.locations.first().map(|l| l.provider.to_string());
     }
 }
 
@@ -121,6 +132,8 @@ impl KeyManager {
         providers: Vec<Arc<dyn KeyProvider>>,
         default_provider: ProviderName,
         limits: Limits,
+        audit: Arc<AuditLog>,
+        metrics: Arc<Metrics>,
     ) -> Result<KeyManager, CoreError> {
         let providers: BTreeMap<_, _> = providers
             .into_iter()
@@ -148,6 +161,8 @@ impl KeyManager {
             keys: RwLock::new(keys),
             admin: tokio::sync::Mutex::new(()),
             limits,
+            audit,
+            metrics,
         })
     }
 
@@ -278,8 +293,7 @@ impl KeyManager {
         })
     }
 
-    /// Creates a key with its first version. An empty `chain` means the default provider.
-    pub async fn create_key(
+    async fn create_key_unaudited(
         &self,
         name: KeyName,
         algorithm: Algorithm,
@@ -294,9 +308,7 @@ impl KeyManager {
         self.register(name, algorithm, chain, version).await
     }
 
-    /// Takes a key that already exists in a provider into Custos as version 1 of `name`, by the provider's
-    /// reference (for PKCS#11: `label:<text>` or `id:<hex>`).
-    pub async fn adopt_key(
+    async fn adopt_key_unaudited(
         &self,
         name: KeyName,
         algorithm: Algorithm,
@@ -382,8 +394,7 @@ impl KeyManager {
         Ok(record)
     }
 
-    /// Makes a new version current in every provider of the chain; the previous one stays enabled.
-    pub async fn rotate(&self, name: &KeyName) -> Result<Arc<KeyRecord>, CoreError> {
+    async fn rotate_unaudited(&self, name: &KeyName) -> Result<Arc<KeyRecord>, CoreError> {
         let _guard = self.admin.lock().await;
         let key = self.key(name)?;
         let highest = key
@@ -533,6 +544,7 @@ impl KeyManager {
                 Err(err) if err.is_retryable() => {
                     tracing::warn!(key = %key.name, provider = %location.provider, error = %err,
                         "provider failed; trying the next in the chain");
+                    self.metrics.failovers.inc();
                     last = Some(err.into());
                 }
                 Err(err) => return Err(err.into()),
@@ -541,8 +553,7 @@ impl KeyManager {
         Err(last.unwrap_or_else(|| CoreError::Internal("version has no locations".into())))
     }
 
-    /// Signs with a key.
-    pub async fn sign(
+    async fn sign_unaudited(
         &self,
         name: &KeyName,
         request: &SignRequest,
@@ -551,8 +562,7 @@ impl KeyManager {
         self.sign_one(&key, request).await
     }
 
-    /// Signs many items with one key; each item has its own result, in input order.
-    pub async fn sign_batch(
+    async fn sign_batch_unaudited(
         &self,
         name: &KeyName,
         items: &[SignRequest],
@@ -578,8 +588,7 @@ impl KeyManager {
         Ok(results)
     }
 
-    /// Verifies a signature under one version, or under any version that can verify (current first).
-    pub async fn verify(
+    async fn verify_unaudited(
         &self,
         name: &KeyName,
         request: &VerifyRequest,
@@ -632,30 +641,202 @@ impl KeyManager {
             version: None,
         })
     }
+
+    /// The audit log every operation writes to.
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
+    }
+
+    /// The metrics every operation updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Writes the audit record for `result` (outcome and error code filled in) and returns `result`, or
+    /// fails closed when the record cannot be written.
+    async fn audited<T>(
+        &self,
+        mut entry: AuditEntry,
+        result: Result<T, CoreError>,
+        describe: impl FnOnce(&T, &mut AuditEntry),
+    ) -> Result<T, CoreError> {
+        match &result {
+            Ok(value) => describe(value, &mut entry),
+            Err(err) => {
+                entry.outcome = Outcome::Error;
+                entry.error_code = Some(err.code().to_owned());
+            }
+        }
+        self.audit.append(entry).await?;
+        result
+    }
+
+    fn input_bytes(input: &SignInput) -> &[u8] {
+        match input {
+            SignInput::Message(m) | SignInput::Digest(m) => m,
+        }
+    }
+
+    /// Creates a key with its first version. An empty `chain` means the default provider.
+    pub async fn create_key(
+        &self,
+        ctx: &RequestContext,
+        name: KeyName,
+        algorithm: Algorithm,
+        chain: Vec<ProviderName>,
+    ) -> Result<Arc<KeyRecord>, CoreError> {
+        let mut entry = ctx.entry("key_create");
+        entry.key = Some(name.to_string());
+        let result = self.create_key_unaudited(name, algorithm, chain).await;
+        self.audited(entry, result, describe_key)
+            .await
+    }
+
+    /// Takes a key that already exists in a provider into Custos as version 1 of `name`, by the provider's
+    /// reference (for PKCS#11: `label:<text>` or `id:<hex>`).
+    pub async fn adopt_key(
+        &self,
+        ctx: &RequestContext,
+        name: KeyName,
+        algorithm: Algorithm,
+        provider: Option<ProviderName>,
+        reference: &str,
+    ) -> Result<Arc<KeyRecord>, CoreError> {
+        let mut entry = ctx.entry("key_adopt");
+        entry.key = Some(name.to_string());
+        entry.subject = Some(reference.chars().take(200).collect());
+        let result = self
+            .adopt_key_unaudited(name, algorithm, provider, reference)
+            .await;
+        self.audited(entry, result, describe_key)
+            .await
+    }
+
+    /// Makes a new version current in every provider of the chain; the previous one stays enabled.
+    pub async fn rotate(
+        &self,
+        ctx: &RequestContext,
+        name: &KeyName,
+    ) -> Result<Arc<KeyRecord>, CoreError> {
+        let mut entry = ctx.entry("key_rotate");
+        entry.key = Some(name.to_string());
+        let result = self.rotate_unaudited(name).await;
+        if result.is_ok() {
+            self.metrics.rotations.inc();
+        }
+        self.audited(entry, result, describe_key)
+            .await
+    }
+
+    /// Signs with a key. The signature is returned only after its audit record is durable.
+    pub async fn sign(
+        &self,
+        ctx: &RequestContext,
+        name: &KeyName,
+        request: &SignRequest,
+    ) -> Result<SignOutcome, CoreError> {
+        let mut entry = ctx.entry("sign");
+        entry.key = Some(name.to_string());
+        entry.payload_mac = Some(self.audit.mac(Self::input_bytes(&request.input)));
+        let result = self.sign_unaudited(name, request).await;
+        self.audited(entry, result, |outcome, e| {
+            e.version = Some(outcome.version.0);
+            e.provider = Some(outcome.provider.to_string());
+        })
+        .await
+    }
+
+    /// Signs many items with one key; each item has its own result, in input order. One audit record
+    /// covers the batch: the item count, a MAC over every item, and the first error if any.
+    pub async fn sign_batch(
+        &self,
+        ctx: &RequestContext,
+        name: &KeyName,
+        items: &[SignRequest],
+    ) -> Result<Vec<Result<SignOutcome, CoreError>>, CoreError> {
+        let mut entry = ctx.entry("sign_batch");
+        entry.key = Some(name.to_string());
+        entry.items = u32::try_from(items.len()).ok();
+        let mut framed = Vec::new();
+        for item in items {
+            let bytes = Self::input_bytes(&item.input);
+            framed.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+            framed.extend_from_slice(bytes);
+        }
+        entry.payload_mac = Some(self.audit.mac(&framed));
+        let result = self.sign_batch_unaudited(name, items).await;
+        self.audited(entry, result, |results, e| {
+            if let Some(Ok(first)) = results.iter().find(|r| r.is_ok()) {
+                e.version = Some(first.version.0);
+                e.provider = Some(first.provider.to_string());
+            }
+            if let Some(Err(err)) = results.iter().find(|r| r.is_err()) {
+                e.outcome = Outcome::Error;
+                e.error_code = Some(err.code().to_owned());
+            }
+        })
+        .await
+    }
+
+    /// Verifies a signature under one version, or under any version that can verify (current first).
+    pub async fn verify(
+        &self,
+        ctx: &RequestContext,
+        name: &KeyName,
+        request: &VerifyRequest,
+    ) -> Result<VerifyOutcome, CoreError> {
+        let mut entry = ctx.entry("verify");
+        entry.key = Some(name.to_string());
+        entry.payload_mac = Some(self.audit.mac(Self::input_bytes(&request.input)));
+        let result = self.verify_unaudited(name, request).await;
+        self.audited(entry, result, |outcome, e| {
+            e.version = outcome.version.map(|v| v.0);
+            e.subject = Some(if outcome.valid { "valid" } else { "invalid" }.to_owned());
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use custos_audit::Outcome;
     use custos_provider_soft::{KdfParams, SoftProvider};
     use custos_store::SqliteStore;
     use proptest::prelude::*;
 
+    fn ctx() -> RequestContext {
+        RequestContext::system("test")
+    }
+
     async fn manager(dir: &std::path::Path) -> KeyManager {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::create(dir).unwrap());
-        let soft = SoftProvider::open(
-            ProviderName::new("soft").unwrap(),
+        let soft: Arc<dyn KeyProvider> = Arc::new(
+            SoftProvider::open(
+                ProviderName::new("soft").unwrap(),
+                Arc::clone(&store),
+                &secrecy::SecretString::from("pw".to_owned()),
+                KdfParams::default(),
+            )
+            .await
+            .unwrap(),
+        );
+        let metrics = Arc::new(Metrics::new());
+        let audit = AuditLog::open(
             Arc::clone(&store),
-            &secrecy::SecretString::from("pw".to_owned()),
-            KdfParams::default(),
+            Arc::clone(&soft),
+            crate::AuditConfig::default(),
+            Arc::clone(&metrics),
         )
         .await
         .unwrap();
         KeyManager::load(
             store,
-            vec![Arc::new(soft)],
+            vec![soft],
             ProviderName::new("soft").unwrap(),
             Limits::default(),
+            audit,
+            metrics,
         )
         .await
         .unwrap()
@@ -678,18 +859,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let km = manager(dir.path()).await;
         let key = km
-            .create_key(name("k"), Algorithm::Secp256k1, vec![])
+            .create_key(&ctx(), name("k"), Algorithm::Secp256k1, vec![])
             .await
             .unwrap();
         assert_eq!(key.versions.len(), 1);
         assert!(matches!(
-            km.create_key(name("k"), Algorithm::Ed25519, vec![]).await,
+            km.create_key(&ctx(), name("k"), Algorithm::Ed25519, vec![])
+                .await,
             Err(CoreError::KeyExists(_))
         ));
-        let signed = km.sign(&name("k"), &message(b"hello")).await.unwrap();
+        let signed = km
+            .sign(&ctx(), &name("k"), &message(b"hello"))
+            .await
+            .unwrap();
         assert_eq!(signed.version, KeyVersion(1));
         assert!(signed.signature.recovery_id().is_some());
-        let rotated = km.rotate(&name("k")).await.unwrap();
+        let rotated = km.rotate(&ctx(), &name("k")).await.unwrap();
         assert_eq!(rotated.current().unwrap().version, KeyVersion(2));
         assert_eq!(
             rotated.version(KeyVersion(1)).unwrap().state,
@@ -703,7 +888,7 @@ mod tests {
             format: SignatureFormat::Raw,
             version: None,
         };
-        let outcome = km.verify(&name("k"), &verify).await.unwrap();
+        let outcome = km.verify(&ctx(), &name("k"), &verify).await.unwrap();
         assert_eq!(
             outcome,
             VerifyOutcome {
@@ -713,18 +898,21 @@ mod tests {
         );
         // New signatures come from version 2; version 1 still signs when asked for.
         assert_eq!(
-            km.sign(&name("k"), &message(b"x")).await.unwrap().version,
+            km.sign(&ctx(), &name("k"), &message(b"x"))
+                .await
+                .unwrap()
+                .version,
             KeyVersion(2)
         );
         let mut old = message(b"x");
         old.version = Some(KeyVersion(1));
         assert_eq!(
-            km.sign(&name("k"), &old).await.unwrap().version,
+            km.sign(&ctx(), &name("k"), &old).await.unwrap().version,
             KeyVersion(1)
         );
         old.version = Some(KeyVersion(9));
         assert_eq!(
-            km.sign(&name("k"), &old).await.unwrap_err().code(),
+            km.sign(&ctx(), &name("k"), &old).await.unwrap_err().code(),
             "version_not_found"
         );
         // Keccak and a raw digest give the same signature input.
@@ -737,8 +925,8 @@ mod tests {
             hash: None,
             version: None,
         };
-        let a = km.sign(&name("k"), &keccak).await.unwrap();
-        let b = km.sign(&name("k"), &digest).await.unwrap();
+        let a = km.sign(&ctx(), &name("k"), &keccak).await.unwrap();
+        let b = km.sign(&ctx(), &name("k"), &digest).await.unwrap();
         assert_eq!(
             a.signature, b.signature,
             "RFC 6979 signing is deterministic"
@@ -747,17 +935,17 @@ mod tests {
             input: SignInput::Message(b"other".to_vec()),
             ..verify
         };
-        assert!(!km.verify(&name("k"), &wrong).await.unwrap().valid);
+        assert!(!km.verify(&ctx(), &name("k"), &wrong).await.unwrap().valid);
     }
 
     #[tokio::test]
     async fn bad_inputs_have_codes() {
         let dir = tempfile::tempdir().unwrap();
         let km = manager(dir.path()).await;
-        km.create_key(name("ed"), Algorithm::Ed25519, vec![])
+        km.create_key(&ctx(), name("ed"), Algorithm::Ed25519, vec![])
             .await
             .unwrap();
-        km.create_key(name("ec"), Algorithm::P256, vec![])
+        km.create_key(&ctx(), name("ec"), Algorithm::P256, vec![])
             .await
             .unwrap();
         let cases = [
@@ -793,7 +981,10 @@ mod tests {
         ];
         for (key, request, code) in cases {
             assert_eq!(
-                km.sign(&name(key), &request).await.unwrap_err().code(),
+                km.sign(&ctx(), &name(key), &request)
+                    .await
+                    .unwrap_err()
+                    .code(),
                 code,
                 "{key} {request:?}"
             );
@@ -803,12 +994,13 @@ mod tests {
             ProviderName::new("soft").unwrap(),
         ];
         let err = km
-            .create_key(name("c"), Algorithm::Ed25519, chain)
+            .create_key(&ctx(), name("c"), Algorithm::Ed25519, chain)
             .await
             .unwrap_err();
         assert_eq!(err.code(), "chain_not_supported");
         let err = km
             .create_key(
+                &ctx(),
                 name("c"),
                 Algorithm::Ed25519,
                 vec![ProviderName::new("hsm").unwrap()],
@@ -828,10 +1020,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let km = manager(dir.path()).await;
         let created = km
-            .create_key(name("r"), Algorithm::Ed25519, vec![])
+            .create_key(&ctx(), name("r"), Algorithm::Ed25519, vec![])
             .await
             .unwrap();
-        km.rotate(&name("r")).await.unwrap();
+        km.rotate(&ctx(), &name("r")).await.unwrap();
         drop(km);
         let km = manager(dir.path()).await;
         let loaded = km.key(&name("r")).unwrap();
@@ -840,9 +1032,90 @@ mod tests {
             created.versions[0].public_key
         );
         assert_eq!(loaded.current().unwrap().version, KeyVersion(2));
-        km.sign(&name("r"), &message(b"after reload"))
+        km.sign(&ctx(), &name("r"), &message(b"after reload"))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn every_operation_is_audited_and_the_export_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let km = manager(dir.path()).await;
+        km.create_key(&ctx(), name("a"), Algorithm::Ed25519, vec![])
+            .await
+            .unwrap();
+        km.sign(&ctx(), &name("a"), &message(b"one")).await.unwrap();
+        km.sign(&ctx(), &name("missing"), &message(b"two"))
+            .await
+            .unwrap_err();
+        km.rotate(&ctx(), &name("a")).await.unwrap();
+        let records = km
+            .audit()
+            .query(&custos_store::AuditQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let ops: Vec<_> = records
+            .iter()
+            .map(|r| {
+                (
+                    r.entry.operation.as_str(),
+                    r.entry.outcome,
+                    r.entry.error_code.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                ("startup", Outcome::Ok, None),
+                ("key_create", Outcome::Ok, None),
+                ("sign", Outcome::Ok, None),
+                ("sign", Outcome::Error, Some("key_not_found".to_owned())),
+                ("key_rotate", Outcome::Ok, None),
+            ]
+        );
+        // The sign record has the MAC of the payload, never the payload.
+        assert_eq!(
+            records[2].entry.payload_mac.as_deref(),
+            Some(km.audit().mac(b"one").as_str())
+        );
+        assert!(!serde_json::to_string(&records).unwrap().contains("6f6e65"));
+        let export = km.audit().export().await.unwrap();
+        let report = custos_audit::verify_export(&export, km.audit().public_key()).unwrap();
+        assert_eq!(report.records, 5);
+        // Editing the export is caught.
+        let forged = export.replacen("key_rotate", "key_create", 1);
+        assert!(custos_audit::verify_export(&forged, km.audit().public_key()).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_failed_audit_write_fails_the_signature_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let km = manager(dir.path()).await;
+        km.create_key(&ctx(), name("a"), Algorithm::Ed25519, vec![])
+            .await
+            .unwrap();
+        // Make every audit insert fail, as a full disk would.
+        let db = rusqlite::Connection::open(dir.path().join(custos_store::SqliteStore::FILE_NAME))
+            .unwrap();
+        db.execute_batch("CREATE TRIGGER fail BEFORE INSERT ON audit_log BEGIN SELECT RAISE(FAIL, 'disk full'); END;").unwrap();
+        let err = km
+            .sign(&ctx(), &name("a"), &message(b"x"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "audit_unavailable");
+        assert!(!km.audit().is_healthy());
+        assert_eq!(km.metrics().audit_write_failures.get(), 1);
+        assert_eq!(km.metrics().audit_up.get(), 0);
+        db.execute_batch("DROP TRIGGER fail;").unwrap();
+        km.sign(&ctx(), &name("a"), &message(b"x")).await.unwrap();
+        assert!(km.audit().is_healthy());
+        // The chain is intact across the failure.
+        let export = km.audit().export().await.unwrap();
+        custos_audit::verify_export(&export, km.audit().public_key()).unwrap();
     }
 
     proptest! {
@@ -855,9 +1128,9 @@ mod tests {
             rt.block_on(async {
                 let dir = tempfile::tempdir().unwrap();
                 let km = manager(dir.path()).await;
-                let key = km.create_key(name("b"), Algorithm::Ed25519, vec![]).await.unwrap();
+                let key = km.create_key(&ctx(), name("b"), Algorithm::Ed25519, vec![]).await.unwrap();
                 let items: Vec<_> = lengths.iter().map(|&n| message(&vec![n as u8; n])).collect();
-                let results = km.sign_batch(&name("b"), &items).await.unwrap();
+                let results = km.sign_batch(&ctx(), &name("b"), &items).await.unwrap();
                 prop_assert_eq!(results.len(), items.len());
                 for (n, result) in lengths.iter().zip(results) {
                     if *n == 0 {
@@ -879,9 +1152,9 @@ mod tests {
             rt.block_on(async {
                 let dir = tempfile::tempdir().unwrap();
                 let km = manager(dir.path()).await;
-                km.create_key(name("r"), Algorithm::P256, vec![]).await.unwrap();
+                km.create_key(&ctx(), name("r"), Algorithm::P256, vec![]).await.unwrap();
                 for _ in 0..rotations {
-                    km.rotate(&name("r")).await.unwrap();
+                    km.rotate(&ctx(), &name("r")).await.unwrap();
                 }
                 let stored = km.store.get_key(&name("r")).await.unwrap().unwrap();
                 let in_memory = km.key(&name("r")).unwrap();

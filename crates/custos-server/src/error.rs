@@ -60,8 +60,12 @@ impl From<CoreError> for ApiError {
         let message = if status.is_server_error() {
             // The detail goes to the log only.
             tracing::error!(code = err.code(), error = %err, "request failed");
-            match status {
-                StatusCode::SERVICE_UNAVAILABLE => {
+            match (status, err.code()) {
+                (_, "audit_unavailable") => {
+                    "the audit log cannot be written, so nothing was done; try again later"
+                        .to_owned()
+                }
+                (StatusCode::SERVICE_UNAVAILABLE, _) => {
                     "no provider could serve the request; try again later".to_owned()
                 }
                 _ => "internal error; the server log has the details".to_owned(),

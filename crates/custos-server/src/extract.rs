@@ -1,37 +1,118 @@
-//! Request extractors that answer in the API's own error shape: the bearer token, the key name, the body.
+//! Request extractors that answer in the API's own error shape: the request context with the bearer
+//! token, the key name, the body; and the scope check, which audits refusals.
+
+use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use custos_core::Principal;
+use custos_audit::Outcome;
+use custos_core::{CoreError, Operation, RequestContext};
 use custos_types::KeyName;
 use serde::de::DeserializeOwned;
 
 use crate::{ApiError, AppState};
 
-/// The authenticated caller, from `Authorization: Bearer <token>`.
+/// The request id assigned by the observing middleware.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The SHA-256 fingerprint (hex) of the client certificate, under mutual TLS.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub String);
+
+/// The request's context without a token: request id, peer address, client certificate.
+pub fn context(parts: &Parts) -> RequestContext {
+    RequestContext {
+        request_id: parts
+            .extensions
+            .get::<RequestId>()
+            .map(|id| id.0.clone())
+            .unwrap_or_default(),
+        principal: None,
+        cert_fingerprint: parts
+            .extensions
+            .get::<ClientCertificate>()
+            .map(|c| c.0.clone()),
+        source: parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.to_string()),
+    }
+}
+
+/// The authenticated request: its context with the caller, from `Authorization: Bearer <token>`.
+/// A missing or bad token is answered 401 and audited.
 #[derive(Debug)]
-pub struct Auth(pub Principal);
+pub struct Auth(pub RequestContext);
 
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Auth, ApiError> {
+        let mut ctx = context(parts);
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::new(
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let principal = match token {
+            Some(token) => state.access.authenticate(token.trim()),
+            None => Err(CoreError::Unauthenticated),
+        };
+        match principal {
+            Ok(principal) => {
+                ctx.principal = Some(principal);
+                Ok(Auth(ctx))
+            }
+            Err(_) => {
+                state.keys.metrics().auth_failures.inc();
+                let mut entry = ctx.entry("auth_failure");
+                entry.outcome = Outcome::Denied;
+                entry.error_code = Some("unauthenticated".into());
+                entry.subject = Some(
+                    format!("{} {}", parts.method, parts.uri.path())
+                        .chars()
+                        .take(200)
+                        .collect(),
+                );
+                state.keys.audit().append(entry).await?;
+                Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthenticated",
-                    "send an API token as `Authorization: Bearer <token>`",
-                )
-            })?;
-        Ok(Auth(state.access.authenticate(token.trim())?))
+                    if token.is_some() {
+                        "the API token is unknown, expired or revoked"
+                    } else {
+                        "send an API token as `Authorization: Bearer <token>`"
+                    },
+                ))
+            }
+        }
     }
+}
+
+/// Checks the caller's scopes; a refusal is answered 403 and audited.
+pub async fn allow(
+    state: &AppState,
+    ctx: &RequestContext,
+    op: Operation<'_>,
+) -> Result<(), ApiError> {
+    let Some(principal) = &ctx.principal else {
+        return Err(CoreError::Unauthenticated.into());
+    };
+    if let Err(err) = principal.authorize(op) {
+        let mut entry = ctx.entry("authorize");
+        entry.outcome = Outcome::Denied;
+        entry.error_code = Some(err.code().to_owned());
+        entry.subject = Some(op.to_string());
+        if let Operation::Sign(key) | Operation::Verify(key) | Operation::RotateKey(key) = op {
+            entry.key = Some(key.to_string());
+        }
+        state.keys.audit().append(entry).await?;
+        return Err(err.into());
+    }
+    Ok(())
 }
 
 /// The `{name}` path segment as a checked key name.

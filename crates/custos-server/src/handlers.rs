@@ -1,38 +1,48 @@
-//! One function per route: authenticate, authorise, parse, call core, answer.
+//! One function per route: authenticate, authorise (refusals audited), parse, call core, answer.
 
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use custos_api::{
-    BatchItemResult, CreateKeyRequest, CreateTokenRequest, CreateTokenResponse, HealthResponse,
-    KeyList, KeyView, ProviderHealthView, SignBatchRequest, SignBatchResponse, SignRequestBody,
+    b64, AuditKeyResponse, AuditPage, AuditQueryParams, AuditVerifyResponse, BatchItemResult,
+    CreateKeyRequest, CreateTokenRequest, CreateTokenResponse, HealthResponse, KeyList, KeyView,
+    ProviderHealthView, SignBatchRequest, SignBatchResponse, SignRequestBody, TokenList, TokenView,
     VerifyRequestBody, VerifyResponse,
 };
 use custos_core::{CoreError, Operation, Scope};
-use custos_types::{Algorithm, KeyName, ProviderName, Timestamp};
+use custos_store::{AuditQuery, TokenRecord};
+use custos_types::{Algorithm, ProviderName, Timestamp};
 use secrecy::ExposeSecret as _;
 
-use crate::extract::{parse, Auth, Body, KeyPath};
+use crate::extract::{allow, parse, Auth, Body, KeyPath};
 use crate::{views, ApiError, AppState, OPENAPI_JSON};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let store_ok = state.keys.store_ready().await.is_ok();
+    let audit_ok = state.keys.audit().is_healthy();
+    let metrics = state.keys.metrics();
     let providers: Vec<_> = state
         .keys
         .provider_health()
         .await
         .into_iter()
-        .map(|(p, h)| ProviderHealthView {
-            name: p.name().to_string(),
-            kind: p.kind().to_owned(),
-            available: h.available,
-            detail: h.detail,
+        .map(|(p, h)| {
+            metrics
+                .provider_up
+                .with_label_values(&[p.name().as_str(), p.kind()])
+                .set(i64::from(h.available));
+            ProviderHealthView {
+                name: p.name().to_string(),
+                kind: p.kind().to_owned(),
+                available: h.available,
+                detail: h.detail,
+            }
         })
         .collect();
-    let ready = store_ok && providers.iter().all(|p| p.available);
+    let ready = store_ok && audit_ok && providers.iter().all(|p| p.available);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -44,6 +54,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
         Json(HealthResponse {
             status: word(ready),
             store: word(store_ok),
+            audit: word(audit_ok),
             providers,
         }),
     )
@@ -51,6 +62,13 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
 
 pub async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.keys.metrics().render(),
+    )
 }
 
 pub async fn not_found() -> ApiError {
@@ -71,12 +89,12 @@ pub async fn method_not_allowed() -> ApiError {
 
 pub async fn create_key(
     State(state): State<AppState>,
-    Auth(who): Auth,
+    Auth(ctx): Auth,
     Body(body): Body,
 ) -> Result<(StatusCode, Json<KeyView>)> {
-    who.authorize(Operation::CreateKey)?;
+    allow(&state, &ctx, Operation::CreateKey).await?;
     let request: CreateKeyRequest = parse(&body)?;
-    let name = KeyName::new(request.name).map_err(CoreError::from)?;
+    let name = custos_types::KeyName::new(request.name).map_err(CoreError::from)?;
     let algorithm: Algorithm = request.algorithm.parse().map_err(CoreError::from)?;
     let provider = request
         .provider
@@ -90,21 +108,21 @@ pub async fn create_key(
         None => {
             state
                 .keys
-                .create_key(name, algorithm, provider.into_iter().collect())
+                .create_key(&ctx, name, algorithm, provider.into_iter().collect())
                 .await?
         }
         Some(reference) => {
             state
                 .keys
-                .adopt_key(name, algorithm, provider, &reference)
+                .adopt_key(&ctx, name, algorithm, provider, &reference)
                 .await?
         }
     };
     Ok((StatusCode::CREATED, Json(views::key(&state.keys, &key))))
 }
 
-pub async fn list_keys(State(state): State<AppState>, Auth(who): Auth) -> Result<Json<KeyList>> {
-    who.authorize(Operation::ReadKeys)?;
+pub async fn list_keys(State(state): State<AppState>, Auth(ctx): Auth) -> Result<Json<KeyList>> {
+    allow(&state, &ctx, Operation::ReadKeys).await?;
     let keys = state.keys.list_keys()?;
     Ok(Json(KeyList {
         keys: keys.iter().map(|k| views::key(&state.keys, k)).collect(),
@@ -113,34 +131,34 @@ pub async fn list_keys(State(state): State<AppState>, Auth(who): Auth) -> Result
 
 pub async fn show_key(
     State(state): State<AppState>,
-    Auth(who): Auth,
+    Auth(ctx): Auth,
     KeyPath(name): KeyPath,
 ) -> Result<Json<KeyView>> {
-    who.authorize(Operation::ReadKeys)?;
+    allow(&state, &ctx, Operation::ReadKeys).await?;
     let key = state.keys.key(&name)?;
     Ok(Json(views::key(&state.keys, &key)))
 }
 
 pub async fn sign(
     State(state): State<AppState>,
-    Auth(who): Auth,
+    Auth(ctx): Auth,
     KeyPath(name): KeyPath,
     Body(body): Body,
 ) -> Result<Json<custos_api::SignResponse>> {
-    who.authorize(Operation::Sign(&name))?;
+    allow(&state, &ctx, Operation::Sign(&name)).await?;
     let body: SignRequestBody = parse(&body)?;
     let (request, format) = views::sign_request(&body)?;
-    let outcome = state.keys.sign(&name, &request).await?;
+    let outcome = state.keys.sign(&ctx, &name, &request).await?;
     Ok(Json(views::sign_response(&name, &outcome, format)?))
 }
 
 pub async fn sign_batch(
     State(state): State<AppState>,
-    Auth(who): Auth,
+    Auth(ctx): Auth,
     KeyPath(name): KeyPath,
     Body(body): Body,
 ) -> Result<Json<SignBatchResponse>> {
-    who.authorize(Operation::Sign(&name))?;
+    allow(&state, &ctx, Operation::Sign(&name)).await?;
     let body: SignBatchRequest = parse(&body)?;
     let limit = state.keys.limits().max_batch_items;
     if body.items.len() > limit {
@@ -163,7 +181,7 @@ pub async fn sign_batch(
     let mut signed = if requests.is_empty() && !decoded.is_empty() {
         Vec::new()
     } else {
-        state.keys.sign_batch(&name, &requests).await?
+        state.keys.sign_batch(&ctx, &name, &requests).await?
     }
     .into_iter();
     let mut results = Vec::with_capacity(decoded.len());
@@ -186,15 +204,15 @@ pub async fn sign_batch(
 
 pub async fn verify(
     State(state): State<AppState>,
-    Auth(who): Auth,
+    Auth(ctx): Auth,
     KeyPath(name): KeyPath,
     Body(body): Body,
 ) -> Result<Json<VerifyResponse>> {
-    who.authorize(Operation::Verify(&name))?;
+    allow(&state, &ctx, Operation::Verify(&name)).await?;
     let body: VerifyRequestBody = parse(&body)?;
     let outcome = state
         .keys
-        .verify(&name, &views::verify_request(&body)?)
+        .verify(&ctx, &name, &views::verify_request(&body)?)
         .await?;
     Ok(Json(VerifyResponse {
         valid: outcome.valid,
@@ -204,20 +222,32 @@ pub async fn verify(
 
 pub async fn rotate(
     State(state): State<AppState>,
-    Auth(who): Auth,
+    Auth(ctx): Auth,
     KeyPath(name): KeyPath,
 ) -> Result<Json<KeyView>> {
-    who.authorize(Operation::RotateKey(&name))?;
-    let key = state.keys.rotate(&name).await?;
+    allow(&state, &ctx, Operation::RotateKey(&name)).await?;
+    let key = state.keys.rotate(&ctx, &name).await?;
     Ok(Json(views::key(&state.keys, &key)))
+}
+
+fn token_view(record: TokenRecord) -> TokenView {
+    TokenView {
+        id: record.id,
+        name: record.name,
+        scopes: record.scopes,
+        created_at: record.created_at,
+        expires_at: record.expires_at,
+        revoked_at: record.revoked_at,
+        last_used_at: record.last_used_at,
+    }
 }
 
 pub async fn create_token(
     State(state): State<AppState>,
-    Auth(who): Auth,
+    Auth(ctx): Auth,
     Body(body): Body,
 ) -> Result<(StatusCode, Json<CreateTokenResponse>)> {
-    who.authorize(Operation::ManageTokens)?;
+    allow(&state, &ctx, Operation::ManageTokens).await?;
     let request: CreateTokenRequest = parse(&body)?;
     let scopes = request
         .scopes
@@ -238,7 +268,7 @@ pub async fn create_token(
     };
     let issued = state
         .access
-        .issue(&request.name, &scopes, expires_at)
+        .issue(&ctx, &request.name, &scopes, expires_at)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -251,4 +281,110 @@ pub async fn create_token(
             expires_at: issued.record.expires_at,
         }),
     ))
+}
+
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+) -> Result<Json<TokenList>> {
+    allow(&state, &ctx, Operation::ManageTokens).await?;
+    Ok(Json(TokenList {
+        tokens: state.access.list()?.into_iter().map(token_view).collect(),
+    }))
+}
+
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<TokenView>> {
+    allow(&state, &ctx, Operation::ManageTokens).await?;
+    Ok(Json(token_view(state.access.revoke(&ctx, &id).await?)))
+}
+
+fn timestamp(field: &str, text: &Option<String>) -> Result<Option<Timestamp>> {
+    text.as_deref()
+        .map(|t| {
+            t.parse::<Timestamp>().map_err(|_| {
+                ApiError::bad(
+                    "invalid_request",
+                    format!("{field} must be an RFC 3339 time"),
+                )
+            })
+        })
+        .transpose()
+}
+
+pub async fn query_audit(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+    query: std::result::Result<Query<AuditQueryParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AuditPage>> {
+    allow(&state, &ctx, Operation::ReadAudit).await?;
+    let Query(params) = query.map_err(|e| ApiError::bad("invalid_request", e.body_text()))?;
+    let limit = params.limit.unwrap_or(100).clamp(1, 1000);
+    let records = state
+        .keys
+        .audit()
+        .query(&AuditQuery {
+            after_seq: params.after.unwrap_or(0),
+            limit,
+            from: timestamp("from", &params.from)?,
+            to: timestamp("to", &params.to)?,
+            key: params.key,
+            operation: params.operation,
+            actor: params.actor,
+            outcome: params.outcome,
+        })
+        .await?;
+    let next_after = (records.len() == limit as usize)
+        .then(|| records.last().map(|r| r.seq))
+        .flatten();
+    Ok(Json(AuditPage {
+        records,
+        next_after,
+    }))
+}
+
+pub async fn export_audit(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+) -> Result<impl IntoResponse> {
+    allow(&state, &ctx, Operation::ReadAudit).await?;
+    let export = state.keys.audit().export().await?;
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], export))
+}
+
+pub async fn verify_audit(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+) -> Result<Json<AuditVerifyResponse>> {
+    allow(&state, &ctx, Operation::ReadAudit).await?;
+    let audit = state.keys.audit();
+    let export = audit.export().await?;
+    Ok(Json(
+        match custos_audit::verify_export(&export, audit.public_key()) {
+            Ok(report) => AuditVerifyResponse {
+                valid: true,
+                records: report.records,
+                checkpoints: report.checkpoints,
+                error: None,
+            },
+            Err(failure) => AuditVerifyResponse {
+                valid: false,
+                records: 0,
+                checkpoints: 0,
+                error: Some(failure.to_string()),
+            },
+        },
+    ))
+}
+
+pub async fn audit_key(State(state): State<AppState>) -> Json<AuditKeyResponse> {
+    let key = state.keys.audit().public_key();
+    Json(AuditKeyResponse {
+        algorithm: "ed25519".into(),
+        public_key: b64::encode(key.as_bytes()),
+        pem: key.to_pem(),
+    })
 }

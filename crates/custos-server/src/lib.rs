@@ -1,7 +1,8 @@
 //! The Custos HTTP server: the axum router for API v1, authentication, error mapping, TLS and serving.
 //!
 //! Handlers translate JSON to core calls and back; every rule lives in `custos-core`. All middleware is
-//! applied in [`router`].
+//! applied in [`router`]: request ids and the in-flight gauge for every request, per-route counters, the
+//! body limit.
 
 mod error;
 mod extract;
@@ -13,10 +14,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use custos_core::{Access, KeyManager};
+use rand_core::{OsRng, RngCore as _};
+use tracing::Instrument as _;
 
 pub use error::ApiError;
 
@@ -70,6 +76,7 @@ pub fn router(state: AppState, options: HttpOptions) -> Router {
     Router::new()
         .route("/v1/health", get(handlers::health))
         .route("/v1/openapi.json", get(handlers::openapi))
+        .route("/metrics", get(handlers::metrics))
         .route(
             "/v1/keys",
             post(handlers::create_key).get(handlers::list_keys),
@@ -79,11 +86,57 @@ pub fn router(state: AppState, options: HttpOptions) -> Router {
         .route("/v1/keys/{name}/sign-batch", post(handlers::sign_batch))
         .route("/v1/keys/{name}/verify", post(handlers::verify))
         .route("/v1/keys/{name}/rotate", post(handlers::rotate))
-        .route("/v1/tokens", post(handlers::create_token))
+        .route(
+            "/v1/tokens",
+            post(handlers::create_token).get(handlers::list_tokens),
+        )
+        .route("/v1/tokens/{id}/revoke", post(handlers::revoke_token))
+        .route("/v1/audit", get(handlers::query_audit))
+        .route("/v1/audit/export", get(handlers::export_audit))
+        .route("/v1/audit/verify", get(handlers::verify_audit))
+        .route("/v1/audit/key", get(handlers::audit_key))
+        .route_layer(middleware::from_fn_with_state(state.clone(), count))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// Every request: a request id (in the logs' span, the audit records and the `x-request-id` header)
+/// and the in-flight gauge.
+async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let mut id = [0u8; 8];
+    OsRng.fill_bytes(&mut id);
+    let id = hex::encode(id);
+    request
+        .extensions_mut()
+        .insert(extract::RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let metrics = state.keys.metrics();
+    metrics.in_flight.inc();
+    let mut response = next.run(request).instrument(span).await;
+    metrics.in_flight.dec();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// Counts requests by route template (not the path, so key names do not multiply the series) and status.
+async fn count(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    state
+        .keys
+        .metrics()
+        .requests
+        .with_label_values(&[&route, response.status().as_str()])
+        .inc();
+    response
 }
 
 /// PEM files for TLS.

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use custos_api::{b64, KeyView, SignBatchResponse, SignResponse};
-use custos_core::{Access, KeyManager, Limits, Scope};
+use custos_core::{
+    Access, AuditConfig, AuditLog, KeyManager, Limits, Metrics, RequestContext, Scope,
+};
 use custos_provider::conformance::openssl_verify;
 use custos_provider_soft::{KdfParams, SoftProvider};
 use custos_server::{AppState, HttpOptions, TlsFiles};
@@ -40,16 +42,36 @@ async fn start_with(tls: Option<(TlsFiles, reqwest::Certificate)>) -> Server {
         max_message_bytes: 1024,
         max_batch_items: 10,
     };
-    let keys = KeyManager::load(
+    let soft: Arc<dyn custos_provider::KeyProvider> = Arc::new(soft);
+    let metrics = Arc::new(Metrics::new());
+    let audit = AuditLog::open(
         Arc::clone(&store),
-        vec![Arc::new(soft)],
-        ProviderName::new("soft").unwrap(),
-        limits,
+        Arc::clone(&soft),
+        AuditConfig::default(),
+        Arc::clone(&metrics),
     )
     .await
     .unwrap();
-    let access = Arc::new(Access::load(store).await.unwrap());
-    let admin = access.issue("root", &[Scope::Admin], None).await.unwrap();
+    let keys = KeyManager::load(
+        Arc::clone(&store),
+        vec![soft],
+        ProviderName::new("soft").unwrap(),
+        limits,
+        Arc::clone(&audit),
+        metrics,
+    )
+    .await
+    .unwrap();
+    let access = Arc::new(Access::load(store, audit).await.unwrap());
+    let admin = access
+        .issue(
+            &RequestContext::system("test"),
+            "root",
+            &[Scope::Admin],
+            None,
+        )
+        .await
+        .unwrap();
     let app = custos_server::router(
         AppState::new(Arc::new(keys), Arc::clone(&access)),
         HttpOptions {
@@ -130,7 +152,7 @@ impl Server {
     async fn token(&self, scopes: &[&str]) -> String {
         let scopes: Vec<_> = scopes.iter().map(|s| Scope::parse(s).unwrap()).collect();
         self.access
-            .issue("t", &scopes, None)
+            .issue(&RequestContext::system("test"), "t", &scopes, None)
             .await
             .unwrap()
             .token

@@ -1,17 +1,19 @@
 //! The Custos `Store` trait: the only way Custos reads or writes state; SQLite is the embedded default.
 //!
 //! Keys, their versions and where each version lives; API tokens (hashes only); sealed key material of the
-//! software provider; small named settings. Every write that touches more than one row is one transaction.
+//! software provider; small named settings; the audit log and its checkpoints. Every write that touches
+//! more than one row is one transaction.
 
 mod error;
 mod records;
 mod sqlite;
 
 use async_trait::async_trait;
-use custos_types::{KeyHandle, KeyName, KeyVersion, ProviderName, VersionState};
+use custos_audit::{AuditRecord, Checkpoint, Head};
+use custos_types::{KeyHandle, KeyName, KeyVersion, ProviderName, Timestamp, VersionState};
 
 pub use error::StoreError;
-pub use records::{KeyRecord, Location, SealedKey, TokenRecord, VersionRecord};
+pub use records::{AuditQuery, KeyRecord, Location, SealedKey, TokenRecord, VersionRecord};
 pub use sqlite::SqliteStore;
 
 /// Durable state behind Custos. Implementations are safe to share between tasks.
@@ -71,4 +73,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Writes a named setting only if it does not exist yet; returns whether it was written.
     async fn put_setting_if_absent(&self, name: &str, value: &[u8]) -> Result<bool, StoreError>;
+
+    /// Marks a token revoked at `at`. [`StoreError::NotFound`] if there is no such token.
+    async fn revoke_token(&self, id: &str, at: Timestamp) -> Result<(), StoreError>;
+
+    /// Records when tokens were last used.
+    async fn touch_tokens(&self, uses: &[(String, Timestamp)]) -> Result<(), StoreError>;
+
+    /// Appends audit records durably, all in one transaction (one fsync for the whole batch). They must
+    /// continue the chain from [`Store::audit_head`].
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError>;
+
+    /// The audit chain's head (sequence number and hash of the last record).
+    async fn audit_head(&self) -> Result<Head, StoreError>;
+
+    /// Audit records matching `query`, in sequence order.
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Stores a checkpoint; a second one for the same sequence number is ignored.
+    async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError>;
+
+    /// Checkpoints with sequence numbers in `from..=to`, in order.
+    async fn checkpoints(&self, from: u64, to: u64) -> Result<Vec<Checkpoint>, StoreError>;
 }

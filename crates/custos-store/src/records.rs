@@ -74,6 +74,29 @@ pub struct TokenRecord {
     pub expires_at: Option<Timestamp>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<Timestamp>,
+    /// When it was last used (recorded periodically, not on every request).
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// Which audit records to return.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only records after this sequence number (for paging).
+    pub after_seq: u64,
+    /// At most this many.
+    pub limit: u32,
+    /// Not before this time.
+    pub from: Option<Timestamp>,
+    /// Not after this time.
+    pub to: Option<Timestamp>,
+    /// Only this key.
+    pub key: Option<String>,
+    /// Only this operation.
+    pub operation: Option<String>,
+    /// Only this actor (token id or token name).
+    pub actor: Option<String>,
+    /// Only this outcome (`ok`, `error`, `denied`).
+    pub outcome: Option<String>,
 }
 
 /// Encrypted key material of the software provider. The store never sees the plaintext.

@@ -10,15 +10,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use custos_audit::{AuditRecord, Checkpoint, Head};
 use custos_types::{
     Algorithm, KeyHandle, KeyName, KeyVersion, ProviderName, PublicKey, Timestamp, VersionState,
 };
 use rusqlite::{params, Connection, OptionalExtension as _, Row, TransactionBehavior};
 
-use crate::{KeyRecord, Location, SealedKey, Store, StoreError, TokenRecord, VersionRecord};
+use crate::{
+    AuditQuery, KeyRecord, Location, SealedKey, Store, StoreError, TokenRecord, VersionRecord,
+};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE keys (
     name        TEXT PRIMARY KEY,
     algorithm   TEXT NOT NULL,
@@ -66,7 +70,26 @@ CREATE TABLE settings (
     name        TEXT PRIMARY KEY,
     value       BLOB NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE audit_log (
+    seq         INTEGER PRIMARY KEY,
+    time_us     INTEGER NOT NULL,             -- microseconds since the Unix epoch, for range queries
+    operation   TEXT NOT NULL,
+    key_name    TEXT,
+    actor_id    TEXT,
+    actor_name  TEXT,
+    outcome     TEXT NOT NULL,
+    record      TEXT NOT NULL                 -- the record as JSON, exactly as it was hashed
+);
+CREATE INDEX audit_log_time ON audit_log(time_us);
+CREATE TABLE audit_checkpoints (
+    seq         INTEGER PRIMARY KEY,
+    record      TEXT NOT NULL
+);
+ALTER TABLE api_tokens ADD COLUMN last_used_at TEXT;
+"#,
+];
 
 /// The embedded SQLite store.
 #[derive(Debug, Clone)]
@@ -474,7 +497,7 @@ impl Store for SqliteStore {
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         self.run(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT id, name, secret_hash, scopes, created_at, expires_at, revoked_at
+                "SELECT id, name, secret_hash, scopes, created_at, expires_at, revoked_at, last_used_at
                  FROM api_tokens ORDER BY created_at, id",
             )?;
             let mut rows = stmt.query([])?;
@@ -489,6 +512,7 @@ impl Store for SqliteStore {
                     created_at: ts(&row.get::<_, String>(4)?)?,
                     expires_at: opt_ts(row.get(5)?)?,
                     revoked_at: opt_ts(row.get(6)?)?,
+                    last_used_at: opt_ts(row.get(7)?)?,
                 });
             }
             Ok(out)
@@ -576,6 +600,152 @@ impl Store for SqliteStore {
                 params![name, value],
             )?;
             Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, id: &str, at: Timestamp) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.run(move |conn| {
+            let changed = conn.execute(
+                "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, ?2) WHERE id = ?1",
+                params![id, at.to_string()],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(format!("token {id}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn touch_tokens(&self, uses: &[(String, Timestamp)]) -> Result<(), StoreError> {
+        let uses = uses.to_vec();
+        self.run(move |conn| {
+            let tx = conn.transaction()?;
+            for (id, at) in &uses {
+                tx.execute(
+                    "UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1",
+                    params![id, at.to_string()],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        let records = records.to_vec();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO audit_log (seq, time_us, operation, key_name, actor_id, actor_name, outcome, record)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?;
+                for record in &records {
+                    let actor = record.entry.actor.as_ref();
+                    insert.execute(params![
+                        i64::try_from(record.seq).map_err(corrupt)?,
+                        record.time.as_microsecond(),
+                        record.entry.operation,
+                        record.entry.key,
+                        actor.and_then(|a| a.token_id.clone()),
+                        actor.and_then(|a| a.token_name.clone()),
+                        record.entry.outcome.as_str(),
+                        serde_json::to_string(record).map_err(corrupt)?,
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit_head(&self) -> Result<Head, StoreError> {
+        self.run(|conn| {
+            let last: Option<String> = conn
+                .query_row(
+                    "SELECT record FROM audit_log ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            match last {
+                None => Ok(Head::GENESIS),
+                Some(json) => {
+                    let record: AuditRecord = serde_json::from_str(&json).map_err(corrupt)?;
+                    record.head().ok_or_else(|| corrupt("audit record hash"))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let query = query.clone();
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT record FROM audit_log
+                 WHERE seq > ?1
+                   AND (?2 IS NULL OR time_us >= ?2)
+                   AND (?3 IS NULL OR time_us <= ?3)
+                   AND (?4 IS NULL OR key_name = ?4)
+                   AND (?5 IS NULL OR operation = ?5)
+                   AND (?6 IS NULL OR actor_id = ?6 OR actor_name = ?6)
+                   AND (?7 IS NULL OR outcome = ?7)
+                 ORDER BY seq LIMIT ?8",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    i64::try_from(query.after_seq).map_err(corrupt)?,
+                    query.from.map(|t| t.as_microsecond()),
+                    query.to.map(|t| t.as_microsecond()),
+                    query.key,
+                    query.operation,
+                    query.actor,
+                    query.outcome,
+                    query.limit,
+                ],
+                |row| row.get::<_, String>(0),
+            )?;
+            rows.map(|json| serde_json::from_str(&json?).map_err(corrupt))
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let checkpoint = checkpoint.clone();
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO audit_checkpoints (seq, record) VALUES (?1, ?2)",
+                params![
+                    i64::try_from(checkpoint.seq).map_err(corrupt)?,
+                    serde_json::to_string(&checkpoint).map_err(corrupt)?
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn checkpoints(&self, from: u64, to: u64) -> Result<Vec<Checkpoint>, StoreError> {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT record FROM audit_checkpoints WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    i64::try_from(from).map_err(corrupt)?,
+                    i64::try_from(to).unwrap_or(i64::MAX)
+                ],
+                |row| row.get::<_, String>(0),
+            )?;
+            rows.map(|json| serde_json::from_str(&json?).map_err(corrupt))
+                .collect()
         })
         .await
     }
@@ -682,6 +852,117 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn audit_records_append_query_and_checkpoint() {
+        use custos_audit::{Actor, AuditEntry, Outcome};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::create(dir.path()).unwrap();
+        assert_eq!(store.audit_head().await.unwrap(), Head::GENESIS);
+        let mut head = Head::GENESIS;
+        let mut batch = Vec::new();
+        for i in 0..5u32 {
+            let mut entry = AuditEntry::new(if i % 2 == 0 { "sign" } else { "verify" });
+            entry.key = Some(format!("k{}", i % 2));
+            entry.actor = Some(Actor {
+                token_id: Some("t1".into()),
+                token_name: Some("ci".into()),
+                cert_fingerprint: None,
+            });
+            entry.outcome = if i == 4 { Outcome::Error } else { Outcome::Ok };
+            let record = AuditRecord::seal(head, Timestamp::now(), entry);
+            head = record.head().unwrap();
+            batch.push(record);
+        }
+        store.append_audit(&batch).await.unwrap();
+        assert_eq!(store.audit_head().await.unwrap(), head);
+        // A batch that reuses a sequence number is refused whole.
+        assert!(store.append_audit(&batch[3..]).await.is_err());
+        assert_eq!(store.audit_head().await.unwrap(), head);
+        let all = store
+            .query_audit(&AuditQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all, batch);
+        let q = |f: fn(&mut AuditQuery)| {
+            let mut query = AuditQuery {
+                limit: 100,
+                ..Default::default()
+            };
+            f(&mut query);
+            query
+        };
+        assert_eq!(
+            store
+                .query_audit(&q(|q| q.operation = Some("sign".into())))
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
+        assert_eq!(
+            store
+                .query_audit(&q(|q| q.key = Some("k1".into())))
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            store
+                .query_audit(&q(|q| q.actor = Some("ci".into())))
+                .await
+                .unwrap()
+                .len(),
+            5
+        );
+        assert_eq!(
+            store
+                .query_audit(&q(|q| q.outcome = Some("error".into())))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            store
+                .query_audit(&q(|q| {
+                    q.after_seq = 2;
+                    q.limit = 2
+                }))
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>(),
+            [3, 4]
+        );
+        let future = Timestamp::now() + jiff::SignedDuration::from_secs(60);
+        assert!(store
+            .query_audit(&q(
+                |q| q.from = Some(Timestamp::now() + jiff::SignedDuration::from_secs(60))
+            ))
+            .await
+            .unwrap()
+            .is_empty());
+        let _ = future;
+        let checkpoint = Checkpoint {
+            seq: 5,
+            head_hash: hex_encode(&head.hash),
+            time: Timestamp::now(),
+            signature: "00".into(),
+        };
+        store.put_checkpoint(&checkpoint).await.unwrap();
+        store.put_checkpoint(&checkpoint).await.unwrap();
+        assert_eq!(store.checkpoints(0, 10).await.unwrap(), vec![checkpoint]);
+    }
+
+    fn hex_encode(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[tokio::test]
     async fn the_database_refuses_two_current_versions() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::create(dir.path()).unwrap();
@@ -707,10 +988,20 @@ mod tests {
             created_at: Timestamp::now(),
             expires_at: None,
             revoked_at: None,
+            last_used_at: None,
         };
         store.create_token(&token).await.unwrap();
         assert!(store.create_token(&token).await.is_err());
-        assert_eq!(store.list_tokens().await.unwrap(), vec![token]);
+        assert_eq!(store.list_tokens().await.unwrap(), vec![token.clone()]);
+        let now = Timestamp::now();
+        store.touch_tokens(&[("t1".into(), now)]).await.unwrap();
+        store.revoke_token("t1", now).await.unwrap();
+        assert!(store.revoke_token("nope", now).await.is_err());
+        let stored = store.list_tokens().await.unwrap().remove(0);
+        assert_eq!(
+            (stored.revoked_at, stored.last_used_at),
+            (Some(now), Some(now))
+        );
         assert!(store.put_setting_if_absent("x", b"1").await.unwrap());
         assert!(!store.put_setting_if_absent("x", b"2").await.unwrap());
         assert_eq!(store.get_setting("x").await.unwrap().unwrap(), b"1");

@@ -204,6 +204,16 @@ impl PublicKey {
         PublicKey::from_bytes(algorithm, &bytes)
     }
 
+    /// Reads a PEM `PUBLIC KEY` (SubjectPublicKeyInfo) of `algorithm`.
+    pub fn from_spki_pem(algorithm: Algorithm, pem: &str) -> Result<PublicKey, TypesError> {
+        let (label, doc) = ::k256::pkcs8::Document::from_pem(pem)
+            .map_err(|_| TypesError::InvalidPublicKey(algorithm))?;
+        if label != "PUBLIC KEY" {
+            return Err(TypesError::InvalidPublicKey(algorithm));
+        }
+        PublicKey::from_spki_der(algorithm, doc.as_bytes())
+    }
+
     /// The key's algorithm.
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
@@ -485,6 +495,7 @@ mod tests {
             let key = PublicKey::from_bytes(alg, &bytes).unwrap();
             let (_, doc) = ::k256::pkcs8::Document::from_pem(&key.to_pem()).unwrap();
             assert_eq!(PublicKey::from_spki_der(alg, doc.as_bytes()).unwrap(), key);
+            assert_eq!(PublicKey::from_spki_pem(alg, &key.to_pem()).unwrap(), key);
             let _ = ::p256::PublicKey::from_public_key_der(doc.as_bytes()).is_ok();
         }
         assert!(PublicKey::from_spki_der(Algorithm::P256, b"not der").is_err());

@@ -65,12 +65,28 @@ impl Client {
         })
     }
 
+    /// A GET whose answer is text (the audit export).
+    pub async fn text(&self, method: Method, path: &str) -> anyhow::Result<String> {
+        let response = self.send(method, path, None::<&()>).await?;
+        String::from_utf8(response).context("the server's answer is not UTF-8")
+    }
+
     pub async fn call<B: Serialize, R: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<&B>,
     ) -> anyhow::Result<R> {
+        let bytes = self.send(method, path, body).await?;
+        serde_json::from_slice(&bytes).context("the server's answer is not what this CLI expects")
+    }
+
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> anyhow::Result<Vec<u8>> {
         let Some(token) = &self.token else {
             bail!(
                 "no token: set CUSTOS_TOKEN (custos dev and custos init print one) or pass --token"
@@ -98,6 +114,6 @@ impl Client {
             }
             .into());
         }
-        serde_json::from_slice(&bytes).context("the server's answer is not what this CLI expects")
+        Ok(bytes.to_vec())
     }
 }

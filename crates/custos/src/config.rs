@@ -166,6 +166,40 @@ pub struct Config {
     pub max_message_bytes: usize,
     #[serde(default = "default_max_batch")]
     pub max_batch_items: usize,
+    #[serde(default)]
+    pub audit: AuditSettings,
+}
+
+/// The `[audit]` section.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Sign a checkpoint after this many records.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// Sign a checkpoint at least this often (seconds) while records arrive.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_seconds: u64,
+    /// A second copy of every record: `stdout` (JSON lines) or `syslog` (`/dev/log`).
+    #[serde(default)]
+    pub sink: Option<String>,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            checkpoint_every: default_checkpoint_every(),
+            checkpoint_interval_seconds: default_checkpoint_interval(),
+            sink: None,
+        }
+    }
+}
+
+fn default_checkpoint_every() -> u64 {
+    1000
+}
+fn default_checkpoint_interval() -> u64 {
+    60
 }
 
 fn default_data_dir() -> PathBuf {

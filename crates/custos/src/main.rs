@@ -21,7 +21,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use custos_api::{
     b64, CreateKeyRequest, CreateTokenRequest, CreateTokenResponse, KeyList, KeyView,
-    SignRequestBody, SignResponse, VerifyRequestBody, VerifyResponse,
+    SignRequestBody, SignResponse, TokenList, TokenView, VerifyRequestBody, VerifyResponse,
 };
 use reqwest::Method;
 use secrecy::ExposeSecret as _;
@@ -94,9 +94,64 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Issue API tokens.
+    /// Issue, list and revoke API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Query, export and verify the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Download the whole log as JSON lines, sealed with a fresh signed checkpoint.
+    Export {
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Check an export offline: the hash chain, every checkpoint's signature, and the closing seal.
+    /// Names the first bad record; exits 1 if the export was tampered with or truncated.
+    Verify {
+        /// The export (JSON lines).
+        file: PathBuf,
+        /// The audit public key: base64 of the raw Ed25519 key, or a PEM file (GET /v1/audit/key).
+        #[arg(long)]
+        public_key: String,
+    },
+    /// List records, newest filters first: by time, key, operation, actor and outcome.
+    Query {
+        /// Not before this time (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Not after this time (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only this operation (sign, sign_batch, verify, key_create, key_rotate, token_create, ...).
+        #[arg(long)]
+        operation: Option<String>,
+        /// Only this actor (token id or name).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only this outcome (ok, error, denied).
+        #[arg(long)]
+        outcome: Option<String>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print the audit public key that checkpoints verify under.
+    Key {
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -203,6 +258,18 @@ enum KeyCommand {
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
+    /// List tokens (never their secrets), with scopes, expiry, revocation and last use.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Revoke a token by id; it stops working at once.
+    Revoke {
+        /// The token's id (the part after `cst_`).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Issue a token (needs an admin token). Prints it once.
     Create {
         /// A name for the token.
@@ -285,6 +352,48 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             server::init(&config, &password).await?;
         }
         Command::Key(command) => key(command).await?,
+        Command::Audit(command) => return audit(command).await,
+        Command::Token(TokenCommand::List { conn }) => {
+            let list: TokenList = connect(&conn)?
+                .call(Method::GET, "/v1/tokens", None::<&()>)
+                .await?;
+            if conn.json {
+                print_json(&list)?;
+            } else {
+                for t in &list.tokens {
+                    let state = if t.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
+                    let used = t
+                        .last_used_at
+                        .map_or_else(|| "never".to_owned(), |t| t.to_string());
+                    out!(
+                        "{:<18} {:<16} {:<8} last used {:<32} {}",
+                        t.id,
+                        t.name,
+                        state,
+                        used,
+                        t.scopes.join(" ")
+                    );
+                }
+            }
+        }
+        Command::Token(TokenCommand::Revoke { id, conn }) => {
+            let t: TokenView = connect(&conn)?
+                .call(
+                    Method::POST,
+                    &format!("/v1/tokens/{id}/revoke"),
+                    None::<&()>,
+                )
+                .await?;
+            if conn.json {
+                print_json(&t)?;
+            } else {
+                out!("revoked token {} ({})", t.id, t.name);
+            }
+        }
         Command::Sign {
             name,
             input,
@@ -371,6 +480,144 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AuditCommand::Export { output, conn } => {
+            let text = connect(&conn)?
+                .text(Method::GET, "/v1/audit/export")
+                .await?;
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, &text)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    eprintln!("wrote {} lines to {}", text.lines().count(), path.display());
+                }
+                None => out!("{}", text.trim_end()),
+            }
+        }
+        AuditCommand::Verify { file, public_key } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let key = audit_public_key(&public_key)?;
+            match custos_audit::verify_export(&text, &key) {
+                Ok(report) => out!(
+                    "OK: {} records and {} checkpoints; the chain is intact and sealed up to record {}",
+                    report.records,
+                    report.checkpoints,
+                    report.last_seq
+                ),
+                Err(failure) => {
+                    out!("TAMPERED: {failure}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        AuditCommand::Query {
+            from,
+            to,
+            key,
+            operation,
+            actor,
+            outcome,
+            limit,
+            conn,
+        } => {
+            let params = custos_api::AuditQueryParams {
+                from,
+                to,
+                key,
+                operation,
+                actor,
+                outcome,
+                after: None,
+                limit: Some(limit),
+            };
+            let query = serde_urlencoded_query(&params);
+            let page: custos_api::AuditPage = connect(&conn)?
+                .call(Method::GET, &format!("/v1/audit?{query}"), None::<&()>)
+                .await?;
+            if conn.json {
+                print_json(&page)?;
+            } else {
+                for r in &page.records {
+                    let actor = r
+                        .entry
+                        .actor
+                        .as_ref()
+                        .and_then(|a| a.token_name.clone())
+                        .unwrap_or_else(|| "-".into());
+                    out!(
+                        "{:>6} {} {:<12} {:<8} {:<16} key={} v={} {}",
+                        r.seq,
+                        r.time,
+                        r.entry.operation,
+                        r.entry.outcome.as_str(),
+                        actor,
+                        r.entry.key.as_deref().unwrap_or("-"),
+                        r.entry
+                            .version
+                            .map_or_else(|| "-".to_owned(), |v| v.to_string()),
+                        r.entry.error_code.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        AuditCommand::Key { conn } => {
+            let key: custos_api::AuditKeyResponse = connect(&conn)?
+                .call(Method::GET, "/v1/audit/key", None::<&()>)
+                .await?;
+            if conn.json {
+                print_json(&key)?;
+            } else {
+                out!("{}", key.public_key);
+                out!("{}", key.pem.trim_end());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The audit public key from base64 (raw Ed25519), PEM text, or a PEM file.
+fn audit_public_key(text: &str) -> anyhow::Result<custos_types::PublicKey> {
+    use custos_types::{Algorithm, PublicKey};
+    if let Some(bytes) = b64::decode(text.trim()) {
+        return PublicKey::from_bytes(Algorithm::Ed25519, &bytes)
+            .context("--public-key is not an Ed25519 public key");
+    }
+    let pem = if text.contains("-----BEGIN") {
+        text.to_owned()
+    } else {
+        std::fs::read_to_string(text).with_context(|| {
+            format!("--public-key: not base64 and not a readable PEM file: {text}")
+        })?
+    };
+    PublicKey::from_spki_pem(Algorithm::Ed25519, &pem)
+        .context("--public-key is not an Ed25519 PEM public key")
+}
+
+/// Encodes the set query parameters (values are percent-encoded).
+fn serde_urlencoded_query(params: &custos_api::AuditQueryParams) -> String {
+    let value = serde_json::to_value(params).unwrap_or_default();
+    let mut pairs = Vec::new();
+    if let Some(map) = value.as_object() {
+        for (k, v) in map {
+            let v = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            let encoded: String = v
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            pairs.push(format!("{k}={encoded}"));
+        }
+    }
+    pairs.join("&")
 }
 
 fn connect(conn: &Conn) -> anyhow::Result<Client> {

@@ -4,7 +4,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
-use custos_core::{Access, KeyManager, Limits, Scope};
+use custos_core::{
+    Access, AuditConfig, AuditLog, AuditSink, KeyManager, Limits, Metrics, RequestContext, Scope,
+};
 use custos_provider::{KeyProvider, ProviderError};
 use custos_provider_soft::SoftProvider;
 use custos_server::{AppState, HttpOptions, TlsFiles};
@@ -109,8 +111,44 @@ pub async fn open(
         max_message_bytes: config.max_message_bytes,
         max_batch_items: config.max_batch_items,
     };
-    let keys = KeyManager::load(Arc::clone(&store), providers, default, limits).await?;
-    let access = Access::load(store).await?;
+    let default_provider = providers
+        .iter()
+        .find(|p| *p.name() == default)
+        .cloned()
+        .with_context(|| {
+            format!("default_provider {default} is not among the configured providers")
+        })?;
+    let metrics = Arc::new(Metrics::new());
+    let audit_config = AuditConfig {
+        checkpoint_every: config.audit.checkpoint_every,
+        checkpoint_interval: std::time::Duration::from_secs(
+            config.audit.checkpoint_interval_seconds,
+        ),
+        sink: match config.audit.sink.as_deref() {
+            None | Some("none") => None,
+            Some("stdout") => Some(AuditSink::Stdout),
+            Some("syslog") => Some(AuditSink::Syslog),
+            Some(other) => bail!("audit.sink must be stdout, syslog or none, not {other:?}"),
+        },
+    };
+    let audit = AuditLog::open(
+        Arc::clone(&store),
+        default_provider,
+        audit_config,
+        Arc::clone(&metrics),
+    )
+    .await
+    .context("cannot open the audit log")?;
+    let keys = KeyManager::load(
+        Arc::clone(&store),
+        providers,
+        default,
+        limits,
+        Arc::clone(&audit),
+        metrics,
+    )
+    .await?;
+    let access = Access::load(store, audit).await?;
     Ok(Opened {
         keys: Arc::new(keys),
         access: Arc::new(access),
@@ -245,7 +283,8 @@ async fn awskms(
 
 /// Issues an admin token and returns it.
 pub async fn issue_admin(access: &Access, name: &str) -> anyhow::Result<SecretString> {
-    Ok(access.issue(name, &[Scope::Admin], None).await?.token)
+    let ctx = RequestContext::system(&format!("issue-{name}-token"));
+    Ok(access.issue(&ctx, name, &[Scope::Admin], None).await?.token)
 }
 
 /// `custos init`: creates the data directory and prints the root token once.
@@ -280,6 +319,18 @@ pub async fn run(
     config: &Config,
     listener: std::net::TcpListener,
 ) -> anyhow::Result<()> {
+    // Token last-used times are kept in memory and written every 30 s and at shutdown.
+    let access = Arc::clone(&opened.access);
+    let flusher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            if let Err(e) = access.flush_last_used().await {
+                tracing::warn!(error = %e, "cannot record token last-used times");
+            }
+        }
+    });
+    let access = Arc::clone(&opened.access);
     let state = AppState::new(opened.keys, opened.access);
     let app = custos_server::router(
         state,
@@ -295,9 +346,12 @@ pub async fn run(
     let address = format!("{scheme}://{}", listener.local_addr()?);
     tracing::info!(%address, "serving");
     out!("Custos listening on {address}");
-    custos_server::serve(listener, app, tls, shutdown_signal())
+    let served = custos_server::serve(listener, app, tls, shutdown_signal())
         .await
-        .context("the server stopped with an error")
+        .context("the server stopped with an error");
+    flusher.abort();
+    access.flush_last_used().await.ok();
+    served
 }
 
 async fn shutdown_signal() {
