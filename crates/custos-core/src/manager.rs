@@ -154,6 +154,13 @@ impl KeyManager {
             }
             keys.insert(key.name.clone(), Arc::new(key));
         }
+        for name in providers.keys() {
+            // No breaker opens before failover exists: every circuit starts, and stays, closed.
+            metrics
+                .circuit_state
+                .with_label_values(&[name.as_str()])
+                .set(0);
+        }
         Ok(KeyManager {
             store,
             providers,
@@ -516,10 +523,15 @@ impl KeyManager {
                 )));
                 continue;
             };
-            match provider
+            let started = std::time::Instant::now();
+            let signed = provider
                 .sign(&location.handle, key.algorithm, &payload)
-                .await
-            {
+                .await;
+            self.metrics
+                .sign_seconds
+                .with_label_values(&[location.provider.as_str(), key.algorithm.as_str()])
+                .observe(started.elapsed().as_secs_f64());
+            match signed {
                 Ok(raw) => match version
                     .public_key
                     .verify(&payload, &raw, SignatureFormat::Raw)
@@ -688,8 +700,7 @@ impl KeyManager {
         let mut entry = ctx.entry("key_create");
         entry.key = Some(name.to_string());
         let result = self.create_key_unaudited(name, algorithm, chain).await;
-        self.audited(entry, result, describe_key)
-            .await
+        self.audited(entry, result, describe_key).await
     }
 
     /// Takes a key that already exists in a provider into Custos as version 1 of `name`, by the provider's
@@ -708,8 +719,7 @@ impl KeyManager {
         let result = self
             .adopt_key_unaudited(name, algorithm, provider, reference)
             .await;
-        self.audited(entry, result, describe_key)
-            .await
+        self.audited(entry, result, describe_key).await
     }
 
     /// Makes a new version current in every provider of the chain; the previous one stays enabled.
@@ -724,8 +734,7 @@ impl KeyManager {
         if result.is_ok() {
             self.metrics.rotations.inc();
         }
-        self.audited(entry, result, describe_key)
-            .await
+        self.audited(entry, result, describe_key).await
     }
 
     /// Signs with a key. The signature is returned only after its audit record is durable.

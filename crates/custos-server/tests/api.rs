@@ -829,3 +829,233 @@ async fn tls_from_cert_and_key_files() {
         .map(|r| !r.status().is_success())
         .unwrap_or(true));
 }
+
+/// Parses Prometheus text with a real parser (Python's prometheus_client) and returns the metric names.
+fn parse_prometheus(text: &str) -> Vec<String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families\n\
+             for f in text_string_to_metric_families(sys.stdin.read()):\n    print(f.name)",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with prometheus_client (scripts/test installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the metrics: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn audit_metrics_and_token_lifecycle() {
+    let s = start().await;
+    s.create("seq-1", "ed25519").await;
+    s.create("other", "ed25519").await;
+    let signer = s.token(&["sign:seq-*"]).await;
+    let auditor = s.token(&["audit:read"]).await;
+    let body = || {
+        Some(
+            json!({"message": b64::encode(b"block")})
+                .to_string()
+                .into_bytes(),
+        )
+    };
+
+    // A signature's audit record carries the request id the response reported.
+    let response = s
+        .http
+        .post(format!("{}/v1/keys/seq-1/sign", s.base))
+        .bearer_auth(&signer)
+        .body(body().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // Refusals are audited too: a bad token, and a token outside its scope.
+    let (status, _) = s
+        .call("POST", "/v1/keys/seq-1/sign", Some("cst_00_00"), body())
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = s
+        .call("POST", "/v1/keys/other/sign", Some(&signer), body())
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // audit:read can read the log; a signing token cannot.
+    let (status, _) = s.call("GET", "/v1/audit", Some(&signer), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, page) = s
+        .call(
+            "GET",
+            "/v1/audit?operation=sign&key=seq-1",
+            Some(&auditor),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let records = page["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{page}");
+    assert_eq!(records[0]["request_id"], request_id);
+    assert_eq!(records[0]["outcome"], "ok");
+    assert_eq!(records[0]["actor"]["token_name"], "t");
+    assert!(records[0]["source"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert_eq!(records[0]["version"], 1);
+    let (_, denied) = s
+        .call("GET", "/v1/audit?outcome=denied", Some(&auditor), None)
+        .await;
+    let ops: Vec<_> = denied["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["operation"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        ops.contains(&"auth_failure".to_owned()) && ops.contains(&"authorize".to_owned()),
+        "{denied}"
+    );
+    // Paging and filters.
+    let (_, first) = s
+        .call("GET", "/v1/audit?limit=2", Some(&auditor), None)
+        .await;
+    let next = first["next_after"].as_u64().unwrap();
+    let (_, second) = s
+        .call(
+            "GET",
+            &format!("/v1/audit?limit=2&after={next}"),
+            Some(&auditor),
+            None,
+        )
+        .await;
+    assert_eq!(second["records"][0]["seq"].as_u64().unwrap(), next + 1);
+    let (status, bad) = s
+        .call("GET", "/v1/audit?from=yesterday", Some(&auditor), None)
+        .await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+
+    // The export verifies offline under the published key; the server agrees.
+    let (_, key) = s.call("GET", "/v1/audit/key", None, None).await;
+    let public = custos_types::PublicKey::from_bytes(
+        Algorithm::Ed25519,
+        &b64::decode(key["public_key"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let export = s
+        .http
+        .get(format!("{}/v1/audit/export", s.base))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let report = custos_audit::verify_export(&export, &public).unwrap();
+    assert!(report.records >= 8, "{report:?}");
+    let (_, verified) = s
+        .call("GET", "/v1/audit/verify", Some(&auditor), None)
+        .await;
+    assert_eq!(verified["valid"], true, "{verified}");
+
+    // Tokens: listed with last use; revocation works at once.
+    let (_, tokens) = s.call("GET", "/v1/tokens", Some(&s.admin), None).await;
+    let listed = tokens["tokens"].as_array().unwrap();
+    assert!(
+        listed
+            .iter()
+            .all(|t| t.get("token").is_none() && !t.to_string().contains("cst_")),
+        "{tokens}"
+    );
+    let signer_id = signer.split('_').nth(1).unwrap();
+    let entry = listed.iter().find(|t| t["id"] == signer_id).unwrap();
+    assert!(entry["last_used_at"].is_string(), "{entry}");
+    let (status, revoked) = s
+        .call(
+            "POST",
+            &format!("/v1/tokens/{signer_id}/revoke"),
+            Some(&s.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    assert!(revoked["revoked_at"].is_string());
+    let (status, _) = s
+        .call("POST", "/v1/keys/seq-1/sign", Some(&signer), body())
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, err) = s
+        .call("POST", "/v1/tokens/nope/revoke", Some(&s.admin), None)
+        .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("token_not_found"))
+    );
+
+    // Metrics parse with a real Prometheus parser and name what operators alert on.
+    let (_, health) = s.call("GET", "/v1/health", None, None).await;
+    assert_eq!(health["audit"], "ok");
+    let text = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let names = parse_prometheus(&text);
+    for expected in [
+        "custos_http_requests",
+        "custos_http_requests_in_flight",
+        "custos_sign_duration_seconds",
+        "custos_provider_up",
+        "custos_provider_circuit_state",
+        "custos_failovers",
+        "custos_emergency_signatures",
+        "custos_signature_cache_hits",
+        "custos_rotations",
+        "custos_audit_write_duration_seconds",
+        "custos_audit_write_failures",
+        "custos_audit_up",
+        "custos_auth_failures",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    assert!(
+        text.contains(r#"custos_http_requests_total{route="/v1/keys/{name}/sign",status="200"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"custos_sign_duration_seconds_count{algorithm="ed25519",provider="soft"}"#),
+        "{text}"
+    );
+}

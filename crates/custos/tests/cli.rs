@@ -805,3 +805,166 @@ fn aws_kms_keys_and_a_bad_signature_is_never_returned() {
     );
     server.stop();
 }
+
+#[test]
+fn audit_export_verifies_offline_and_no_secret_reaches_logs_or_audit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let init = ok(custos(&["init", "--data-dir", data_s]).output().unwrap());
+    let root = init
+        .split_whitespace()
+        .find(|w| w.starts_with("cst_"))
+        .unwrap()
+        .to_owned();
+    // Debug-level JSON logs to a file, to scan them afterwards.
+    let log = tmp.path().join("server.log");
+    let mut serve = custos(&["serve", "--listen", "127.0.0.1:0", "--data-dir", data_s]);
+    serve
+        .env("RUST_LOG", "debug")
+        .env("CUSTOS_LOG_FORMAT", "json")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut child = serve.stdout(Stdio::piped()).spawn().unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let server = Running {
+        addr: line.trim().rsplit(' ').next().unwrap().to_owned(),
+        child,
+    };
+    std::thread::spawn(move || for _ in reader.lines() {});
+
+    ok(client(
+        &server,
+        &root,
+        &["key", "create", "seq-1", "--algorithm", "ed25519"],
+    ));
+    ok(client(
+        &server,
+        &root,
+        &["key", "create", "eth", "--algorithm", "secp256k1"],
+    ));
+    ok(client(
+        &server,
+        &root,
+        &["sign", "seq-1", "--message", "a very secret block payload"],
+    ));
+    ok(client(
+        &server,
+        &root,
+        &[
+            "sign",
+            "eth",
+            "--message",
+            "another secret payload",
+            "--hash",
+            "keccak256",
+        ],
+    ));
+    let issued = ok(client(
+        &server,
+        &root,
+        &["token", "create", "ops", "--scope", "audit:read", "--json"],
+    ));
+    let ops = field(&issued, &["token"]);
+    let bad = client(
+        &server,
+        "cst_0123456789abcdef_wrongsecretwrongsecret",
+        &["key", "list"],
+    );
+    assert!(!bad.status.success());
+    ok(client(
+        &server,
+        &root,
+        &["token", "revoke", &field(&issued, &["id"])],
+    ));
+    assert!(
+        !client(&server, &ops, &["audit", "query"]).status.success(),
+        "a revoked token still works"
+    );
+    let listed = ok(client(&server, &root, &["token", "list"]));
+    assert!(
+        listed.contains("revoked") && listed.contains("ops"),
+        "{listed}"
+    );
+    let query = ok(client(
+        &server,
+        &root,
+        &["audit", "query", "--operation", "sign"],
+    ));
+    assert_eq!(query.lines().count(), 2, "{query}");
+
+    // Export, then verify offline with the published key: no server involved in the check.
+    let export = tmp.path().join("audit.jsonl");
+    ok(client(
+        &server,
+        &root,
+        &["audit", "export", "-o", export.to_str().unwrap()],
+    ));
+    let key = ok(client(&server, &root, &["audit", "key"]));
+    let key = key.lines().next().unwrap().to_owned();
+    server.stop();
+    let verify = |file: &Path| {
+        custos(&[
+            "audit",
+            "verify",
+            file.to_str().unwrap(),
+            "--public-key",
+            &key,
+        ])
+        .output()
+        .unwrap()
+    };
+    let good = verify(&export);
+    assert!(good.status.success(), "{}", text(&good));
+    assert!(text(&good).contains("OK"), "{}", text(&good));
+
+    let original = std::fs::read_to_string(&export).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    let record_line = lines
+        .iter()
+        .position(|l| l.contains("\"operation\":\"sign\""))
+        .unwrap();
+    let tampered = tmp.path().join("tampered.jsonl");
+    let check = |lines: Vec<String>, expect: &str| {
+        std::fs::write(&tampered, lines.join("\n") + "\n").unwrap();
+        let out = verify(&tampered);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            text(&out).contains("TAMPERED") && text(&out).contains(expect),
+            "{expect}: {}",
+            text(&out)
+        );
+    };
+    let owned: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+    let mut edited = owned.clone();
+    edited[record_line] = edited[record_line].replace("\"key\":\"seq-1\"", "\"key\":\"eth\"");
+    check(edited, "modified");
+    let mut deleted = owned.clone();
+    deleted.remove(record_line);
+    check(deleted, "missing");
+    check(owned[..owned.len() - 2].to_vec(), "truncated");
+
+    // No secret in the logs or the audit trail: tokens, the master password, message plaintext.
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logs.contains("request_id"),
+        "the JSON logs carry request ids"
+    );
+    for (what, secret) in [
+        ("root token", root.as_str()),
+        ("root token secret", root.rsplit('_').next().unwrap()),
+        ("ops token", ops.as_str()),
+        ("ops token secret", ops.rsplit('_').next().unwrap()),
+        ("rejected token", "wrongsecretwrongsecret"),
+        ("master password", PASSWORD),
+        ("payload", "a very secret block payload"),
+        ("payload (base64)", "YSB2ZXJ5IHNlY3JldCBibG9jayBwYXlsb2Fk"),
+    ] {
+        assert!(!logs.contains(secret), "the server log contains the {what}");
+        assert!(
+            !original.contains(secret),
+            "the audit export contains the {what}"
+        );
+    }
+}
