@@ -2,6 +2,7 @@
 //! token, the key name, the body; and the scope check, which audits refusals.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
@@ -12,7 +13,7 @@ use custos_core::{CoreError, Operation, RequestContext};
 use custos_types::KeyName;
 use serde::de::DeserializeOwned;
 
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, Guards};
 
 /// The request id assigned by the observing middleware.
 #[derive(Debug, Clone)]
@@ -63,6 +64,24 @@ impl FromRequestParts<AppState> for Auth {
         };
         match principal {
             Ok(principal) => {
+                if let Some(limiter) = parts
+                    .extensions
+                    .get::<Arc<Guards>>()
+                    .and_then(|g| g.per_token.as_ref())
+                {
+                    if let Err(not_until) = limiter.check_key(&principal.token_id) {
+                        state.keys.metrics().rate_limited.inc();
+                        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                            &governor::clock::DefaultClock::default(),
+                        ));
+                        return Err(ApiError::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limited",
+                            "this token's request rate is over its limit; slow down",
+                        )
+                        .retry_after(wait.as_secs_f64().ceil() as u64));
+                    }
+                }
                 ctx.principal = Some(principal);
                 Ok(Auth(ctx))
             }

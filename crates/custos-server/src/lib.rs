@@ -17,11 +17,13 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::Router;
 use custos_core::{Access, KeyManager};
 use rand_core::{OsRng, RngCore as _};
+use std::num::NonZeroU32;
 use tracing::Instrument as _;
 
 pub use error::ApiError;
@@ -58,14 +60,30 @@ impl std::ops::Deref for AppState {
 pub struct HttpOptions {
     /// The largest request body accepted; larger ones get 413 `body_too_large`.
     pub max_body_bytes: usize,
+    /// Requests served at once; more get 503 `overloaded` at once instead of queueing.
+    pub max_concurrent_requests: usize,
+    /// The longest a request may take; longer ones get 503 `timeout`.
+    pub request_timeout: std::time::Duration,
+    /// Requests per second and burst allowed to each token; more get 429 `rate_limited`.
+    pub per_token_rate: Option<(u32, u32)>,
 }
 
 impl Default for HttpOptions {
     fn default() -> Self {
         HttpOptions {
             max_body_bytes: 1024 * 1024,
+            max_concurrent_requests: 1024,
+            request_timeout: std::time::Duration::from_secs(30),
+            per_token_rate: None,
         }
     }
+}
+
+/// The per-request guards [`router`] installs: the concurrency budget, the timeout, the per-token limiter.
+pub(crate) struct Guards {
+    in_flight: Arc<tokio::sync::Semaphore>,
+    timeout: std::time::Duration,
+    pub(crate) per_token: Option<governor::DefaultKeyedRateLimiter<String>>,
 }
 
 /// The OpenAPI document of API v1, served at `/v1/openapi.json`.
@@ -100,12 +118,41 @@ pub fn router(state: AppState, options: HttpOptions) -> Router {
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(Extension(Arc::new(Guards {
+            in_flight: Arc::new(tokio::sync::Semaphore::new(
+                options.max_concurrent_requests.max(1),
+            )),
+            timeout: options.request_timeout,
+            per_token: options.per_token_rate.map(|(rate, burst)| {
+                let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+                let burst = NonZeroU32::new(burst).unwrap_or(rate);
+                governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+            }),
+        })))
         .with_state(state)
 }
 
 /// Every request: a request id (in the logs' span, the audit records and the `x-request-id` header)
 /// and the in-flight gauge.
 async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let guards = request.extensions().get::<Arc<Guards>>().cloned();
+    let Some(guards) = guards else {
+        return ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "router guards missing",
+        )
+        .into_response();
+    };
+    let Ok(_permit) = Arc::clone(&guards.in_flight).try_acquire_owned() else {
+        return ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests in flight; try again shortly",
+        )
+        .retry_after(1)
+        .into_response();
+    };
     let mut id = [0u8; 8];
     OsRng.fill_bytes(&mut id);
     let id = hex::encode(id);
@@ -115,8 +162,16 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
     let metrics = state.keys.metrics();
     metrics.in_flight.inc();
-    let mut response = next.run(request).instrument(span).await;
+    let served = tokio::time::timeout(guards.timeout, next.run(request).instrument(span)).await;
     metrics.in_flight.dec();
+    let mut response = served.unwrap_or_else(|_| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request took longer than the server allows",
+        )
+        .into_response()
+    });
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }

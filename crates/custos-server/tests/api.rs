@@ -28,6 +28,20 @@ struct Server {
 const MAX_BODY: usize = 64 * 1024;
 
 async fn start_with(tls: Option<(TlsFiles, reqwest::Certificate)>) -> Server {
+    start_with_options(
+        tls,
+        HttpOptions {
+            max_body_bytes: MAX_BODY,
+            ..HttpOptions::default()
+        },
+    )
+    .await
+}
+
+async fn start_with_options(
+    tls: Option<(TlsFiles, reqwest::Certificate)>,
+    options: HttpOptions,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::create(dir.path()).unwrap());
     let soft = SoftProvider::open(
@@ -72,12 +86,7 @@ async fn start_with(tls: Option<(TlsFiles, reqwest::Certificate)>) -> Server {
         )
         .await
         .unwrap();
-    let app = custos_server::router(
-        AppState::new(Arc::new(keys), Arc::clone(&access)),
-        HttpOptions {
-            max_body_bytes: MAX_BODY,
-        },
-    );
+    let app = custos_server::router(AppState::new(Arc::new(keys), Arc::clone(&access)), options);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -1058,4 +1067,127 @@ async fn audit_metrics_and_token_lifecycle() {
         text.contains(r#"custos_sign_duration_seconds_count{algorithm="ed25519",provider="soft"}"#),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn per_token_rate_limit_answers_429_with_retry_after() {
+    let options = HttpOptions {
+        per_token_rate: Some((1, 3)),
+        ..HttpOptions::default()
+    };
+    let s = start_with_options(None, options).await;
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..6 {
+        let response = s
+            .http
+            .get(format!("{}/v1/keys", s.base))
+            .bearer_auth(&s.admin)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status());
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "rate_limited");
+        }
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert!(retry_after.is_some_and(|s| s >= 1), "{retry_after:?}");
+    // Another token has its own budget.
+    let other = s.token(&["keys:read"]).await;
+    let (status, _) = s.call("GET", "/v1/keys", Some(&other), None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// Opens a raw connection and sends a POST's headers but not its body, so the request stays in flight.
+async fn stalled_request(s: &Server) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let addr = s.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/keys/k/sign HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n",
+        s.admin
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn too_many_requests_in_flight_are_refused_not_queued() {
+    let options = HttpOptions {
+        max_concurrent_requests: 1,
+        ..HttpOptions::default()
+    };
+    let s = start_with_options(None, options).await;
+    let stalled = stalled_request(&s).await;
+    // The stalled request holds the only slot; the next one is refused at once.
+    let mut refused = None;
+    for _ in 0..100 {
+        let response = s
+            .http
+            .get(format!("{}/v1/health", s.base))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some((
+                response.headers().get("retry-after").is_some(),
+                response.json::<Value>().await.unwrap(),
+            ));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (retry_after, body) = refused.expect("a request over the limit was not refused");
+    assert_eq!(body["error"]["code"], "overloaded");
+    assert!(retry_after);
+    drop(stalled);
+    // With the slot free again, requests are served.
+    let mut served = false;
+    for _ in 0..100 {
+        if s.http
+            .get(format!("{}/v1/health", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == StatusCode::OK
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(served);
+}
+
+#[tokio::test]
+async fn a_request_over_the_time_limit_is_answered_503_timeout() {
+    use tokio::io::AsyncReadExt as _;
+    let options = HttpOptions {
+        request_timeout: std::time::Duration::from_millis(300),
+        ..HttpOptions::default()
+    };
+    let s = start_with_options(None, options).await;
+    let mut stalled = stalled_request(&s).await;
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stalled.read(&mut answer),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"code\":\"timeout\""), "{answer}");
 }

@@ -166,8 +166,32 @@ pub struct Config {
     pub max_message_bytes: usize,
     #[serde(default = "default_max_batch")]
     pub max_batch_items: usize,
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent_requests: usize,
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_ms: u64,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
     #[serde(default)]
     pub audit: AuditSettings,
+}
+
+/// Requests each API token may make (`rate_limit = { requests_per_second = 100, burst = 200 }`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained requests per second per token.
+    pub requests_per_second: u32,
+    /// Requests allowed at once above the sustained rate (default: the rate).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+fn default_max_concurrent() -> usize {
+    1024
+}
+fn default_request_timeout() -> u64 {
+    30_000
 }
 
 /// The `[audit]` section.

@@ -336,6 +336,14 @@ pub async fn run(
         state,
         HttpOptions {
             max_body_bytes: config.max_body_bytes,
+            max_concurrent_requests: config.max_concurrent_requests,
+            request_timeout: std::time::Duration::from_millis(config.request_timeout_ms),
+            per_token_rate: config.rate_limit.as_ref().map(|r| {
+                (
+                    r.requests_per_second,
+                    r.burst.unwrap_or(r.requests_per_second),
+                )
+            }),
         },
     );
     let tls = config.tls.as_ref().map(|t| TlsFiles {
