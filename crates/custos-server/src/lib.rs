@@ -7,11 +7,11 @@
 mod error;
 mod extract;
 mod handlers;
+mod tls;
 mod views;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -27,6 +27,7 @@ use std::num::NonZeroU32;
 use tracing::Instrument as _;
 
 pub use error::ApiError;
+pub use tls::{fingerprint, read_allowlist, TlsFiles};
 
 /// The services every handler uses.
 #[derive(Debug, Clone)]
@@ -194,15 +195,6 @@ async fn count(State(state): State<AppState>, request: Request, next: Next) -> R
     response
 }
 
-/// PEM files for TLS.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    /// Certificate chain.
-    pub cert: PathBuf,
-    /// Private key.
-    pub key: PathBuf,
-}
-
 /// Serves `app` on `listener` (plain HTTP, or TLS when `tls` is given) until `shutdown` completes.
 pub async fn serve(
     listener: std::net::TcpListener,
@@ -224,18 +216,14 @@ pub async fn serve(
                 .await
         }
         Some(files) => {
-            // One process-wide crypto provider for rustls; a second install attempt is harmless.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let config =
-                axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
-                    .await?;
+            let acceptor = tls::acceptor(files).await?;
             let handle = axum_server::Handle::new();
             let stopper = handle.clone();
             tokio::spawn(async move {
                 shutdown.await;
                 stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
             });
-            let mut server = axum_server::from_tcp_rustls(listener, config);
+            let mut server = axum_server::from_tcp(listener).acceptor(acceptor);
             server.http_builder().http1().keep_alive(true);
             server.handle(handle).serve(app).await
         }

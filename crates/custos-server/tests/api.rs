@@ -745,15 +745,14 @@ async fn bad_inputs_get_their_status_and_code() {
     assert_eq!(list["keys"].as_array().unwrap().len(), 2);
 }
 
-#[tokio::test]
-async fn tls_from_cert_and_key_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = |name: &str| dir.path().join(name);
-    std::fs::write(path("leaf.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+/// A throw-away CA and a server certificate for localhost signed by it, made with the openssl CLI;
+/// plus any number of self-signed client certificates (pinned by fingerprint, so no CA is needed).
+fn make_pki(dir: &std::path::Path, clients: &[&str]) {
+    std::fs::write(dir.join("leaf.ext"), "subjectAltName=DNS:localhost\n").unwrap();
     let openssl = |args: &[&str]| {
         let out = std::process::Command::new("openssl")
             .args(args)
-            .current_dir(dir.path())
+            .current_dir(dir)
             .output()
             .expect("openssl CLI");
         assert!(
@@ -769,7 +768,6 @@ async fn tls_from_cert_and_key_files() {
         "ec_paramgen_curve:P-256",
         "-nodes",
     ];
-    // A throw-away CA, and a leaf certificate for localhost signed by it.
     openssl(
         &[
             &["req", "-x509"][..],
@@ -819,9 +817,49 @@ async fn tls_from_cert_and_key_files() {
         "-out",
         "cert.pem",
     ]);
-    let (cert, key) = (path("cert.pem"), path("key.pem"));
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(path("ca.pem")).unwrap()).unwrap();
-    let s = start_with(Some((TlsFiles { cert, key }, ca))).await;
+    for client in clients {
+        let (key, cert) = (format!("{client}.key"), format!("{client}.pem"));
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-days",
+                    "1",
+                    "-subj",
+                    &format!("/CN={client}"),
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &cert,
+                ],
+            ]
+            .concat(),
+        );
+    }
+}
+
+fn client_identity(dir: &std::path::Path, name: &str) -> reqwest::Identity {
+    let mut pem = std::fs::read(dir.join(format!("{name}.pem"))).unwrap();
+    pem.extend(std::fs::read(dir.join(format!("{name}.key"))).unwrap());
+    reqwest::Identity::from_pem(&pem).unwrap()
+}
+
+fn client_fingerprint(dir: &std::path::Path, name: &str) -> String {
+    use rustls_pki_types::pem::PemObject as _;
+    let der =
+        rustls_pki_types::CertificateDer::from_pem_file(dir.join(format!("{name}.pem"))).unwrap();
+    custos_server::fingerprint(der.as_ref())
+}
+
+#[tokio::test]
+async fn tls_from_cert_and_key_files() {
+    let dir = tempfile::tempdir().unwrap();
+    make_pki(dir.path(), &[]);
+    let ca =
+        reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("ca.pem")).unwrap()).unwrap();
+    let files = TlsFiles::new(dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let s = start_with(Some((files, ca))).await;
     assert!(s.base.starts_with("https://"));
     s.create("tls-key", "ed25519").await;
     let (status, body) = s
@@ -837,6 +875,105 @@ async fn tls_from_cert_and_key_files() {
         .await
         .map(|r| !r.status().is_success())
         .unwrap_or(true));
+}
+
+#[tokio::test]
+async fn mutual_tls_accepts_only_pinned_client_certificates_and_reloads_the_allowlist() {
+    let dir = tempfile::tempdir().unwrap();
+    make_pki(dir.path(), &["client-a", "client-b"]);
+    let (fp_a, fp_b) = (
+        client_fingerprint(dir.path(), "client-a"),
+        client_fingerprint(dir.path(), "client-b"),
+    );
+    let allowlist = dir.path().join("clients.txt");
+    std::fs::write(&allowlist, format!("# operators\n{fp_a}  # client-a\n")).unwrap();
+    let ca_pem = std::fs::read(dir.path().join("ca.pem")).unwrap();
+    let ca = || reqwest::Certificate::from_pem(&ca_pem).unwrap();
+    let mut files = TlsFiles::new(dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    files.client_allowlist = Some(allowlist.clone());
+    files.reload_interval = std::time::Duration::from_millis(100);
+    let s = start_with(Some((files, ca()))).await;
+    let client = |name: Option<&str>| {
+        let mut builder = reqwest::Client::builder().add_root_certificate(ca());
+        if let Some(name) = name {
+            builder = builder.identity(client_identity(dir.path(), name));
+        }
+        builder.build().unwrap()
+    };
+    let get = |c: reqwest::Client| {
+        let (url, token) = (format!("{}/v1/keys", s.base), s.admin.clone());
+        async move {
+            c.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map(|r| r.status())
+        }
+    };
+    assert_eq!(get(client(Some("client-a"))).await.unwrap(), StatusCode::OK);
+    assert!(
+        get(client(Some("client-b"))).await.is_err(),
+        "a certificate off the allowlist got in"
+    );
+    assert!(
+        get(client(None)).await.is_err(),
+        "a client without a certificate got in"
+    );
+    // The client certificate is in the audit record of what it did.
+    let a = client(Some("client-a"));
+    let response = a
+        .post(format!("{}/v1/keys", s.base))
+        .bearer_auth(&s.admin)
+        .body(json!({"name": "mtls-key", "algorithm": "ed25519"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let page: Value = a
+        .get(format!(
+            "{}/v1/audit?operation=key_create&key=mtls-key",
+            s.base
+        ))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        page["records"][0]["actor"]["cert_fingerprint"],
+        fp_a.as_str(),
+        "{page}"
+    );
+
+    // Swap the allowlist while the server runs: b is let in, a is shut out.
+    std::fs::write(
+        &allowlist,
+        format!(
+            "{}\n",
+            fp_b.to_uppercase()
+                .as_bytes()
+                .chunks(2)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect::<Vec<_>>()
+                .join(":")
+        ),
+    )
+    .unwrap();
+    let mut switched = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if get(client(Some("client-b"))).await.is_ok() {
+            switched = true;
+            break;
+        }
+    }
+    assert!(switched, "the allowlist was not reloaded");
+    assert!(
+        get(client(Some("client-a"))).await.is_err(),
+        "a removed certificate still gets in"
+    );
 }
 
 /// Parses Prometheus text with a real parser (Python's prometheus_client) and returns the metric names.

@@ -136,12 +136,22 @@ impl ProviderConfig {
     }
 }
 
-/// TLS certificate and key files (PEM).
+/// TLS certificate and key files (PEM), and optional client certificates (mutual TLS).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    /// Require client certificates whose SHA-256 fingerprint is in this file (one per line).
+    #[serde(default)]
+    pub client_allowlist_file: Option<PathBuf>,
+    /// How often the certificate, key and allowlist files are checked for changes (default 5).
+    #[serde(default = "default_reload_seconds")]
+    pub reload_interval_seconds: u64,
+}
+
+fn default_reload_seconds() -> u64 {
+    5
 }
 
 /// The whole configuration file.

@@ -349,6 +349,8 @@ pub async fn run(
     let tls = config.tls.as_ref().map(|t| TlsFiles {
         cert: t.cert_file.clone(),
         key: t.key_file.clone(),
+        client_allowlist: t.client_allowlist_file.clone(),
+        reload_interval: std::time::Duration::from_secs(t.reload_interval_seconds.max(1)),
     });
     let scheme = if tls.is_some() { "https" } else { "http" };
     let address = format!("{scheme}://{}", listener.local_addr()?);
