@@ -25,6 +25,11 @@ struct SoftHsm {
     _dir: tempfile::TempDir,
 }
 
+/// One test at a time against the module: under CPU contention SoftHSM2 2.6.1 intermittently reports
+/// sessions as logged out (or CKR_GENERAL_ERROR) when several tests drive different tokens of one module
+/// concurrently. Each test still drives its provider from many tasks at once.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A private SoftHSM2 token store, set up once per test process before the module is loaded.
 fn softhsm() -> &'static SoftHsm {
     static FIXTURE: OnceLock<SoftHsm> = OnceLock::new();
@@ -109,6 +114,7 @@ fn pkcs11_tool(token: &str, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance_suite_on_softhsm2() {
+    let _serial = SERIAL.lock().await;
     let hsm = provider("custos-test", PIN).unwrap();
     // A token that is not plugged in: the provider exists, and says it is unavailable.
     let absent = provider("custos-absent", PIN).unwrap();
@@ -117,6 +123,7 @@ async fn conformance_suite_on_softhsm2() {
 
 #[tokio::test]
 async fn wrong_pin_is_a_clear_refusal() {
+    let _serial = SERIAL.lock().await;
     let err = provider("custos-pin", "0000").unwrap_err();
     assert!(matches!(err, ProviderError::Refused(_)), "{err:?}");
     assert!(!err.is_retryable());
@@ -133,6 +140,7 @@ async fn wrong_pin_is_a_clear_refusal() {
 
 #[tokio::test]
 async fn keys_survive_restart_and_are_visible_and_non_extractable() {
+    let _serial = SERIAL.lock().await;
     let hsm = provider("custos-test", PIN).unwrap();
     let key = hsm
         .generate(Algorithm::P256, "custos:visible:v1")
@@ -168,6 +176,7 @@ async fn keys_survive_restart_and_are_visible_and_non_extractable() {
 
 #[tokio::test]
 async fn adopts_existing_token_keys_by_label_and_id() {
+    let _serial = SERIAL.lock().await;
     pkcs11_tool(
         "custos-adopt",
         &[
@@ -211,6 +220,7 @@ async fn adopts_existing_token_keys_by_label_and_id() {
 
 #[tokio::test]
 async fn a_lost_login_is_reopened_without_failing_the_caller() {
+    let _serial = SERIAL.lock().await;
     let hsm = provider("custos-test", PIN).unwrap();
     let key = hsm
         .generate(Algorithm::Ed25519, "custos:relogin:v1")
