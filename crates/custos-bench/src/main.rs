@@ -424,6 +424,14 @@ fn main() -> anyhow::Result<()> {
         })
         .context("HTTP phase failed")?;
     let batch_items = batch_requests * args.batch_size as f64;
+    let metrics = keys.metrics();
+    let (writes, write_secs) = (metrics.audit_write_seconds.get_sample_count(), metrics.audit_write_seconds.get_sample_sum());
+    let records = metrics.audit_records.get();
+    println!(
+        "audit writer: {records} records in {writes} group commits (mean {:.1} per commit), mean commit {:.3} ms",
+        records as f64 / writes.max(1) as f64,
+        write_secs * 1000.0 / writes.max(1) as f64
+    );
     println!(
         "http sign, audit log off (comparison)  {http_audit_off:>10.0} /s   audit on/off {:.3}",
         http / http_audit_off
