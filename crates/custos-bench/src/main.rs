@@ -425,7 +425,10 @@ fn main() -> anyhow::Result<()> {
         .context("HTTP phase failed")?;
     let batch_items = batch_requests * args.batch_size as f64;
     let metrics = keys.metrics();
-    let (writes, write_secs) = (metrics.audit_write_seconds.get_sample_count(), metrics.audit_write_seconds.get_sample_sum());
+    let (writes, write_secs) = (
+        metrics.audit_write_seconds.get_sample_count(),
+        metrics.audit_write_seconds.get_sample_sum(),
+    );
     let records = metrics.audit_records.get();
     println!(
         "audit writer: {records} records in {writes} group commits (mean {:.1} per commit), mean commit {:.3} ms",
