@@ -1328,3 +1328,114 @@ async fn a_request_over_the_time_limit_is_answered_503_timeout() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("\"code\":\"timeout\""), "{answer}");
 }
+
+#[tokio::test]
+async fn every_route_checks_its_scope() {
+    let s = start().await;
+    s.create("k", "ed25519").await;
+    let signature = {
+        let (_, signed) = s
+            .post("/v1/keys/k/sign", json!({"message": b64::encode(b"m")}))
+            .await;
+        signed["signature"].as_str().unwrap().to_owned()
+    };
+    let all = [
+        "keys:create",
+        "keys:read",
+        "keys:rotate",
+        "audit:read",
+        "sign:k",
+        "verify:k",
+    ];
+    // (method, path, body, the scope that allows it; "admin" means only admin does)
+    let mut n = 0;
+    let routes: Vec<(&str, String, Option<Value>, &str)> = vec![
+        (
+            "POST",
+            "/v1/keys".into(),
+            Some(json!({"name": "x", "algorithm": "ed25519"})),
+            "keys:create",
+        ),
+        ("GET", "/v1/keys".into(), None, "keys:read"),
+        ("GET", "/v1/keys/k".into(), None, "keys:read"),
+        (
+            "POST",
+            "/v1/keys/k/sign".into(),
+            Some(json!({"message": b64::encode(b"m")})),
+            "sign:k",
+        ),
+        (
+            "POST",
+            "/v1/keys/k/sign-batch".into(),
+            Some(json!({"items": [{"message": b64::encode(b"m")}]})),
+            "sign:k",
+        ),
+        (
+            "POST",
+            "/v1/keys/k/verify".into(),
+            Some(json!({"message": b64::encode(b"m"), "signature": signature})),
+            "verify:k",
+        ),
+        ("POST", "/v1/keys/k/rotate".into(), None, "keys:rotate"),
+        (
+            "POST",
+            "/v1/tokens".into(),
+            Some(json!({"name": "t", "scopes": ["keys:read"]})),
+            "admin",
+        ),
+        ("GET", "/v1/tokens".into(), None, "admin"),
+        ("POST", "/v1/tokens/{victim}/revoke".into(), None, "admin"),
+        ("GET", "/v1/audit".into(), None, "audit:read"),
+        ("GET", "/v1/audit/export".into(), None, "audit:read"),
+        ("GET", "/v1/audit/verify".into(), None, "audit:read"),
+    ];
+    for (method, path, body, scope) in routes {
+        let fresh_path = |path: &str, n: &mut i32| {
+            *n += 1;
+            path.replace("{victim}", "none")
+        };
+        let body = |n: i32| {
+            body.clone().map(|mut b| {
+                if b.get("algorithm").is_some() {
+                    b["name"] = json!(format!("x-{n}"));
+                }
+                b.to_string().into_bytes()
+            })
+        };
+        // No token: 401.
+        let p = fresh_path(&path, &mut n);
+        let (status, _) = s.call(method, &p, None, body(n)).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} without a token"
+        );
+        // Every other scope, but not this one: 403.
+        let others: Vec<&str> = all.iter().copied().filter(|a| *a != scope).collect();
+        let token = s.token(&others).await;
+        let p = fresh_path(&path, &mut n);
+        let (status, answer) = s.call(method, &p, Some(&token), body(n)).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "{method} {path} with {others:?}: {answer}"
+        );
+        // Exactly this scope: allowed.
+        let token = if scope == "admin" {
+            s.admin.clone()
+        } else {
+            s.token(&[scope]).await
+        };
+        let p = if path.contains("{victim}") {
+            let victim = s.token(&["keys:read"]).await;
+            path.replace("{victim}", victim.split('_').nth(1).unwrap())
+        } else {
+            fresh_path(&path, &mut n)
+        };
+        let (status, answer) = s.call(method, &p, Some(&token), body(n)).await;
+        assert!(
+            status.is_success(),
+            "{method} {path} with {scope}: {status} {answer}"
+        );
+    }
+}

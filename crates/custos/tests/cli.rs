@@ -968,3 +968,70 @@ fn audit_export_verifies_offline_and_no_secret_reaches_logs_or_audit() {
         );
     }
 }
+
+#[test]
+fn audit_records_are_copied_to_a_second_sink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("custos.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n\n[audit]\nsink = \"stdout\"\n",
+            tmp.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let config_s = config.to_str().unwrap();
+    let init = ok(custos(&["init", "--config", config_s]).output().unwrap());
+    let root = init
+        .split_whitespace()
+        .find(|w| w.starts_with("cst_"))
+        .unwrap()
+        .to_owned();
+    let mut child = custos(&["serve", "--config", config_s])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let recv = || {
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .expect("server output")
+    };
+    let addr = loop {
+        let line = recv();
+        if let Some(addr) = line.strip_prefix("Custos listening on ") {
+            break addr.to_owned();
+        }
+    };
+    let server = Running { child, addr };
+    ok(client(
+        &server,
+        &root,
+        &["key", "create", "k", "--algorithm", "ed25519"],
+    ));
+    ok(client(
+        &server,
+        &root,
+        &["sign", "k", "--message", "to the SIEM"],
+    ));
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("\"operation\":\"sign\""))
+    {
+        seen.push(recv());
+    }
+    let record: serde_json::Value = serde_json::from_str(seen.last().unwrap()).unwrap();
+    assert_eq!(record["key"], "k");
+    assert!(
+        record["hash"].as_str().unwrap().len() == 64 && record["seq"].as_u64().unwrap() >= 3,
+        "{record}"
+    );
+    server.stop();
+}
