@@ -28,6 +28,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 
 use crate::extract::ClientCertificate;
+use custos_audit::{AuditEntry, Outcome};
+use custos_core::AuditLog;
 
 /// TLS files.
 #[derive(Debug, Clone)]
@@ -40,6 +42,8 @@ pub struct TlsFiles {
     pub client_allowlist: Option<PathBuf>,
     /// How often the files are checked for changes.
     pub reload_interval: Duration,
+    /// Where reloads (configuration changes) are recorded.
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 impl TlsFiles {
@@ -50,6 +54,7 @@ impl TlsFiles {
             key,
             client_allowlist: None,
             reload_interval: Duration::from_secs(5),
+            audit: None,
         }
     }
 }
@@ -261,6 +266,21 @@ where
     }
 }
 
+/// Records a configuration change in the audit log (`config_reload`), when there is one.
+async fn record_reload(files: &TlsFiles, what: &str, detail: String, error: Option<&str>) {
+    let Some(audit) = &files.audit else { return };
+    let mut entry = AuditEntry::new("config_reload");
+    entry.request_id = Some(format!("reload-{what}"));
+    entry.subject = Some(format!("{what}: {detail}"));
+    if let Some(code) = error {
+        entry.outcome = Outcome::Error;
+        entry.error_code = Some(code.to_owned());
+    }
+    if let Err(e) = audit.append(entry).await {
+        tracing::error!(error = %e, "cannot audit the configuration change");
+    }
+}
+
 /// Builds the acceptor and starts the task that reloads certificates and the allowlist when they change.
 pub async fn acceptor(files: TlsFiles) -> io::Result<ClientCertAcceptor> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -290,12 +310,18 @@ pub async fn acceptor(files: TlsFiles) -> io::Result<ClientCertAcceptor> {
                     match read_allowlist(path) {
                         Ok(allowed) => {
                             tracing::info!(path = %path.display(), clients = allowed.len(), "client allowlist reloaded");
+                            let count = allowed.len();
                             if let Ok(mut current) = clients.allowed.write() {
                                 *current = allowed;
                             }
+                            let detail = format!("{} ({count} clients)", path.display());
+                            record_reload(&files, "client_allowlist", detail, None).await;
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, "client allowlist not reloaded; keeping the previous one")
+                            tracing::error!(error = %e, "client allowlist not reloaded; keeping the previous one");
+                            let detail = path.display().to_string();
+                            record_reload(&files, "client_allowlist", detail, Some("invalid_file"))
+                                .await;
                         }
                     }
                 }
@@ -307,9 +333,14 @@ pub async fn acceptor(files: TlsFiles) -> io::Result<ClientCertAcceptor> {
                     Ok(config) => {
                         reloading.reload_from_config(Arc::new(config));
                         tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
+                        let detail = files.cert.display().to_string();
+                        record_reload(&files, "tls_certificate", detail, None).await;
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "TLS certificate not reloaded; keeping the previous one")
+                        tracing::error!(error = %e, "TLS certificate not reloaded; keeping the previous one");
+                        let detail = files.cert.display().to_string();
+                        record_reload(&files, "tls_certificate", detail, Some("invalid_file"))
+                            .await;
                     }
                 }
             }

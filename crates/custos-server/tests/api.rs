@@ -38,9 +38,31 @@ async fn start_with(tls: Option<(TlsFiles, reqwest::Certificate)>) -> Server {
     .await
 }
 
+/// Like `start_with`, with the server's audit log wired into the TLS reloader and returned.
+async fn start_with_audit(
+    tls: Option<(TlsFiles, reqwest::Certificate)>,
+) -> (Server, Arc<AuditLog>) {
+    let slot = Arc::new(std::sync::Mutex::new(None));
+    let options = HttpOptions {
+        max_body_bytes: MAX_BODY,
+        ..HttpOptions::default()
+    };
+    let server = start_inner(tls, options, Some(Arc::clone(&slot))).await;
+    let audit = slot.lock().unwrap().take().unwrap();
+    (server, audit)
+}
+
 async fn start_with_options(
     tls: Option<(TlsFiles, reqwest::Certificate)>,
     options: HttpOptions,
+) -> Server {
+    start_inner(tls, options, None).await
+}
+
+async fn start_inner(
+    tls: Option<(TlsFiles, reqwest::Certificate)>,
+    options: HttpOptions,
+    audit_out: Option<Arc<std::sync::Mutex<Option<Arc<AuditLog>>>>>,
 ) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::create(dir.path()).unwrap());
@@ -76,7 +98,14 @@ async fn start_with_options(
     )
     .await
     .unwrap();
-    let access = Arc::new(Access::load(store, audit).await.unwrap());
+    let access = Arc::new(Access::load(store, Arc::clone(&audit)).await.unwrap());
+    let tls = tls.map(|(mut files, ca)| {
+        files.audit = Some(Arc::clone(&audit));
+        (files, ca)
+    });
+    if let Some(out) = audit_out {
+        *out.lock().unwrap() = Some(Arc::clone(&audit));
+    }
     let admin = access
         .issue(
             &RequestContext::system("test"),
@@ -892,7 +921,7 @@ async fn mutual_tls_accepts_only_pinned_client_certificates_and_reloads_the_allo
     let mut files = TlsFiles::new(dir.path().join("cert.pem"), dir.path().join("key.pem"));
     files.client_allowlist = Some(allowlist.clone());
     files.reload_interval = std::time::Duration::from_millis(100);
-    let s = start_with(Some((files, ca()))).await;
+    let (s, audit) = start_with_audit(Some((files, ca()))).await;
     let client = |name: Option<&str>| {
         let mut builder = reqwest::Client::builder().add_root_certificate(ca());
         if let Some(name) = name {
@@ -973,6 +1002,21 @@ async fn mutual_tls_accepts_only_pinned_client_certificates_and_reloads_the_allo
     assert!(
         get(client(Some("client-a"))).await.is_err(),
         "a removed certificate still gets in"
+    );
+    // The change of configuration is in the audit log.
+    let query = custos_store::AuditQuery {
+        operation: Some("config_reload".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let reloads = audit.query(&query).await.unwrap();
+    assert!(
+        reloads.iter().any(|r| r
+            .entry
+            .subject
+            .as_deref()
+            .is_some_and(|s| s.starts_with("client_allowlist"))),
+        "{reloads:?}"
     );
 }
 

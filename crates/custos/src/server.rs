@@ -331,6 +331,7 @@ pub async fn run(
         }
     });
     let access = Arc::clone(&opened.access);
+    let audit = Arc::clone(opened.keys.audit());
     let state = AppState::new(opened.keys, opened.access);
     let app = custos_server::router(
         state,
@@ -351,6 +352,7 @@ pub async fn run(
         key: t.key_file.clone(),
         client_allowlist: t.client_allowlist_file.clone(),
         reload_interval: std::time::Duration::from_secs(t.reload_interval_seconds.max(1)),
+        audit: Some(audit),
     });
     let scheme = if tls.is_some() { "https" } else { "http" };
     let address = format!("{scheme}://{}", listener.local_addr()?);
