@@ -268,3 +268,71 @@ mod tests {
         assert_ne!(payload_mac(&[1; 32], b"x"), payload_mac(&[2; 32], b"x"));
     }
 }
+
+/// Known answers that pin the byte layouts an audit log and its exports depend on. They run in the
+/// big-endian (s390x) lane too, so both byte orders must produce these exact bytes.
+#[cfg(test)]
+mod known_answers {
+    use super::*;
+
+    fn fixed_record() -> AuditRecord {
+        let mut entry = AuditEntry::new("sign");
+        entry.request_id = Some("0011223344556677".into());
+        entry.actor = Some(Actor {
+            token_id: Some("a1b2".into()),
+            token_name: Some("ci".into()),
+            cert_fingerprint: None,
+        });
+        entry.source = Some("127.0.0.1:4242".into());
+        entry.key = Some("seq-1".into());
+        entry.version = Some(3);
+        entry.provider = Some("soft".into());
+        entry.payload_mac = Some(payload_mac(&[1; 32], b"block 1"));
+        AuditRecord::seal(
+            Head {
+                seq: 41,
+                hash: [0xab; 32],
+            },
+            "2026-11-21T12:00:00Z".parse().unwrap(),
+            entry,
+        )
+    }
+
+    #[test]
+    fn record_hash_and_encoding_are_pinned() {
+        let record = fixed_record();
+        assert_eq!(record.seq, 42);
+        assert_eq!(
+            serde_json::to_string(&record).unwrap(),
+            concat!(
+                r#"{"seq":42,"time":"2026-11-21T12:00:00Z","request_id":"0011223344556677","#,
+                r#""actor":{"token_id":"a1b2","token_name":"ci"},"source":"127.0.0.1:4242","operation":"sign","#,
+                r#""key":"seq-1","version":3,"provider":"soft","outcome":"ok","#,
+                r#""payload_mac":"MAC","#,
+                r#""prev_hash":"abababababababababababababababababababababababababababababababab","hash":"HASH"}"#
+            )
+            .replace("MAC", &record.entry.payload_mac.clone().unwrap())
+            .replace("HASH", &record.hash)
+        );
+        assert_eq!(record.hash, KNOWN_RECORD_HASH);
+    }
+
+    const KNOWN_RECORD_HASH: &str =
+        "60c4f80b8330973d92411819c16e2431353e22b002bf3ed14d2f053238ecd797";
+
+    #[test]
+    fn payload_mac_and_checkpoint_bytes_are_pinned() {
+        // HMAC-SHA256 with a 32-byte key of 0x01 over "block 1".
+        assert_eq!(payload_mac(&[1; 32], b"block 1"), KNOWN_MAC);
+        let message = Checkpoint::message(&Head {
+            seq: 0x0102_0304_0506_0708,
+            hash: [0xcd; 32],
+        });
+        let mut expected = b"custos-audit-checkpoint-v1\0".to_vec();
+        expected.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        expected.extend_from_slice(&[0xcd; 32]);
+        assert_eq!(message, expected);
+    }
+
+    const KNOWN_MAC: &str = "23bb19a3e6941a24dcb7ebee7f5622dc622dfee3dab777541e81d2b14f82123b";
+}
