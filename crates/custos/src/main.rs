@@ -100,6 +100,42 @@ enum Command {
     /// Query, export and verify the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// IBM Hyper Protect Virtual Servers: make a contract, decrypt hyper-protect-basic blobs.
+    #[cfg(feature = "hpvs")]
+    #[command(subcommand)]
+    Hpvs(HpvsCommand),
+}
+
+#[cfg(feature = "hpvs")]
+#[derive(Debug, Subcommand)]
+enum HpvsCommand {
+    /// Make an HPVS contract: encrypt the workload and env sections for IBM's contract encryption
+    /// certificate (hyper-protect-basic), add the signing public key to the env, and sign both.
+    Contract {
+        /// The prepared workload YAML (`type: workload`, with `compose:` or `play:`).
+        #[arg(long)]
+        workload: PathBuf,
+        /// The env YAML (`type: env`, with `logging:`; volumes and their seeds as HPVS expects).
+        #[arg(long)]
+        env: PathBuf,
+        /// IBM's contract encryption certificate (PEM), for the HPVS image version in use.
+        #[arg(long)]
+        cert: PathBuf,
+        /// The deployer's RSA private key (PEM) that signs the contract.
+        #[arg(long)]
+        signing_key: PathBuf,
+        /// Write the contract here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Decrypt a hyper-protect-basic blob (a contract section, or HPVS's encrypted attestation record).
+    Decrypt {
+        /// The RSA private key (PEM) the blob was encrypted for.
+        #[arg(long)]
+        key: PathBuf,
+        /// The blob (default: standard input).
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -353,6 +389,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Key(command) => key(command).await?,
         Command::Audit(command) => return audit(command).await,
+        #[cfg(feature = "hpvs")]
+        Command::Hpvs(command) => hpvs(command)?,
         Command::Token(TokenCommand::List { conn }) => {
             let list: TokenList = connect(&conn)?
                 .call(Method::GET, "/v1/tokens", None::<&()>)
@@ -480,6 +518,51 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "hpvs")]
+fn hpvs(command: HpvsCommand) -> anyhow::Result<()> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    match command {
+        HpvsCommand::Contract {
+            workload,
+            env,
+            cert,
+            signing_key,
+            output,
+        } => {
+            let cert = custos_hpvs::certificate_public_key(&read(&cert)?).context("--cert")?;
+            let signing =
+                custos_hpvs::private_key(&read(&signing_key)?).context("--signing-key")?;
+            let contract =
+                custos_hpvs::build_contract(&read(&workload)?, &read(&env)?, &cert, &signing)?;
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, contract.to_yaml())
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    eprintln!("wrote the contract to {}", path.display());
+                }
+                None => out!("{}", contract.to_yaml().trim_end()),
+            }
+        }
+        HpvsCommand::Decrypt { key, file } => {
+            let key = custos_hpvs::private_key(&read(&key)?).context("--key")?;
+            let blob = match file {
+                Some(path) => read(&path)?,
+                None => {
+                    let mut text = String::new();
+                    std::io::stdin().read_to_string(&mut text)?;
+                    text
+                }
+            };
+            let plaintext = custos_hpvs::decrypt_section(&blob, &key)?;
+            use std::io::Write as _;
+            std::io::stdout().write_all(&plaintext)?;
+        }
+    }
+    Ok(())
 }
 
 async fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {

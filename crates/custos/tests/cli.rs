@@ -1035,3 +1035,115 @@ fn audit_records_are_copied_to_a_second_sink() {
     );
     server.stop();
 }
+
+#[test]
+fn hpvs_contract_and_decrypt_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |script: &str| {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run("openssl req -x509 -newkey rsa:4096 -nodes -days 1 -subj /CN=hpvs -keyout encrypt.key -out encrypt.crt 2>/dev/null && \
+         openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:4096 -out sign.key 2>/dev/null");
+    let workload = "type: workload\ncompose:\n  archive: H4sIAAAA\n";
+    std::fs::write(tmp.path().join("workload.yaml"), workload).unwrap();
+    std::fs::write(
+        tmp.path().join("env.yaml"),
+        "type: env\nlogging:\n  logDNA:\n    hostname: logs.example\n",
+    )
+    .unwrap();
+    let p = |f: &str| tmp.path().join(f).to_str().unwrap().to_owned();
+    ok(custos(&[
+        "hpvs",
+        "contract",
+        "--workload",
+        &p("workload.yaml"),
+        "--env",
+        &p("env.yaml"),
+        "--cert",
+        &p("encrypt.crt"),
+        "--signing-key",
+        &p("sign.key"),
+        "-o",
+        &p("contract.yaml"),
+    ])
+    .output()
+    .unwrap());
+    let contract = std::fs::read_to_string(tmp.path().join("contract.yaml")).unwrap();
+    let section = |key: &str| {
+        contract
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap()
+            .to_owned()
+    };
+    std::fs::write(tmp.path().join("workload.blob"), section("workload: ")).unwrap();
+    let decrypted = ok(custos(&[
+        "hpvs",
+        "decrypt",
+        "--key",
+        &p("encrypt.key"),
+        &p("workload.blob"),
+    ])
+    .output()
+    .unwrap());
+    assert_eq!(decrypted, workload);
+    // A missing required field is a clear error.
+    std::fs::write(tmp.path().join("env.yaml"), "type: env\n").unwrap();
+    let out = custos(&[
+        "hpvs",
+        "contract",
+        "--workload",
+        &p("workload.yaml"),
+        "--env",
+        &p("env.yaml"),
+        "--cert",
+        &p("encrypt.crt"),
+        "--signing-key",
+        &p("sign.key"),
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        !out.status.success() && text(&out).contains("logging"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn pin_digest_rewrites_the_compose_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let compose = tmp.path().join("compose.yaml");
+    std::fs::copy(root.join("deploy/compose.yaml"), &compose).unwrap();
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let out = Command::new(root.join("scripts/pin-digest"))
+        .args(["registry.example:5000/team/custos:1.0", &digest])
+        .env("COMPOSE_FILE", &compose)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let rewritten = std::fs::read_to_string(&compose).unwrap();
+    assert!(
+        rewritten.contains(&format!(
+            "    image: registry.example:5000/team/custos@{digest}\n"
+        )),
+        "{rewritten}"
+    );
+    let bad = Command::new(root.join("scripts/pin-digest"))
+        .args(["registry.example/custos", "sha256:short"])
+        .env("COMPOSE_FILE", &compose)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}
