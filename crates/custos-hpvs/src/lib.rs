@@ -219,6 +219,88 @@ fn top_level_value<'a>(yaml: &'a str, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.trim().trim_matches(|c| c == '"' || c == '\''))
 }
 
+/// A data volume HPVS mounts and encrypts with a passphrase made from the workload and env seeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// The volume's name (the disk HPVS attaches).
+    pub name: String,
+    /// Where HPVS mounts it (for example `/mnt/data`).
+    pub mount: String,
+    /// The workload's part of the volume passphrase.
+    pub seed: String,
+}
+
+fn yaml_string(text: &str) -> String {
+    // A double-quoted YAML scalar: escape backslashes and quotes; refuse line breaks.
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn check_plain(what: &str, text: &str) -> Result<(), HpvsError> {
+    if text.is_empty() || text.chars().any(|c| c.is_control()) {
+        return Err(HpvsError::Invalid(format!(
+            "{what} must be non-empty, on one line"
+        )));
+    }
+    Ok(())
+}
+
+/// The workload section for a compose file: its archive (tar.gz with the file as `docker-compose.yml`,
+/// base64) and the volumes HPVS should mount.
+pub fn compose_workload(compose: &[u8], volumes: &[Volume]) -> Result<String, HpvsError> {
+    let mut archive = Vec::new();
+    {
+        let gz = flate2::write::GzEncoder::new(&mut archive, flate2::Compression::default());
+        let mut tar = tar::Builder::new(gz);
+        let mut header = tar::Header::new_gnu();
+        header.set_size(compose.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_cksum();
+        tar.append_data(&mut header, "docker-compose.yml", compose)
+            .and_then(|_| tar.into_inner())
+            .and_then(|gz| gz.finish())
+            .map_err(|e| HpvsError::Invalid(format!("cannot archive the compose file: {e}")))?;
+    }
+    let mut workload = format!("type: workload\ncompose:\n  archive: {}\n", b64(&archive));
+    if !volumes.is_empty() {
+        workload.push_str("volumes:\n");
+        for v in volumes {
+            check_plain("a volume name", &v.name)?;
+            check_plain("a volume mount", &v.mount)?;
+            check_plain("a volume seed", &v.seed)?;
+            workload.push_str(&format!(
+                "  {}:\n    filesystem: \"ext4\"\n    mount: {}\n    seed: {}\n",
+                v.name,
+                yaml_string(&v.mount),
+                yaml_string(&v.seed)
+            ));
+        }
+    }
+    Ok(workload)
+}
+
+/// An env section from settings: a syslog target (`host:port`) and the env parts of volume seeds.
+pub fn env_section(syslog: &str, seeds: &[(String, String)]) -> Result<String, HpvsError> {
+    let (host, port) = syslog
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        .ok_or_else(|| HpvsError::Invalid(format!("--syslog must be HOST:PORT, not {syslog:?}")))?;
+    check_plain("the syslog host", host)?;
+    let mut env = format!(
+        "type: env\nlogging:\n  syslog:\n    hostname: {}\n    port: {port}\n",
+        yaml_string(host)
+    );
+    if !seeds.is_empty() {
+        env.push_str("volumes:\n");
+        for (name, seed) in seeds {
+            check_plain("a volume name", name)?;
+            check_plain("a volume seed", seed)?;
+            env.push_str(&format!("  {name}:\n    seed: {}\n", yaml_string(seed)));
+        }
+    }
+    Ok(env)
+}
+
 /// Builds a contract from a prepared workload YAML and env YAML: checks what HPVS requires, adds the
 /// signing public key to the env, encrypts both sections for the certificate's key, and signs them.
 pub fn build_contract(
@@ -290,6 +372,36 @@ mod tests {
         assert_eq!(openssl_stdin_password(b"ab\ncd"), b"ab");
         assert_eq!(openssl_stdin_password(b"ab\0cd\nef"), b"ab");
         assert_eq!(openssl_stdin_password(b"\nab"), b"");
+    }
+
+    #[test]
+    fn sections_from_settings_are_valid_and_refuse_bad_input() {
+        let volumes = [Volume {
+            name: "data".into(),
+            mount: "/mnt/data".into(),
+            seed: "wl \"seed\"".into(),
+        }];
+        let workload = compose_workload(b"services: {}\n", &volumes).unwrap();
+        assert!(
+            workload.starts_with("type: workload\ncompose:\n  archive: H4sI"),
+            "{workload}"
+        );
+        assert!(
+            workload.contains("    mount: \"/mnt/data\"\n    seed: \"wl \\\"seed\\\"\"\n"),
+            "{workload}"
+        );
+        let env = env_section("logs.example:6514", &[("data".into(), "env seed".into())]).unwrap();
+        assert_eq!(env, "type: env\nlogging:\n  syslog:\n    hostname: \"logs.example\"\n    port: 6514\nvolumes:\n  data:\n    seed: \"env seed\"\n");
+        assert!(env_section("no-port", &[]).is_err());
+        assert!(compose_workload(
+            b"x",
+            &[Volume {
+                name: "d".into(),
+                mount: "/m".into(),
+                seed: "a\nb".into()
+            }]
+        )
+        .is_err());
     }
 
     #[test]

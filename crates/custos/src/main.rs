@@ -112,12 +112,24 @@ enum HpvsCommand {
     /// Make an HPVS contract: encrypt the workload and env sections for IBM's contract encryption
     /// certificate (hyper-protect-basic), add the signing public key to the env, and sign both.
     Contract {
-        /// The prepared workload YAML (`type: workload`, with `compose:` or `play:`).
+        /// A prepared workload YAML (`type: workload`, with `compose:` or `play:`).
+        #[arg(long, required_unless_present = "compose", conflicts_with = "compose")]
+        workload: Option<PathBuf>,
+        /// A compose file: Custos builds the workload (its archive) from it.
         #[arg(long)]
-        workload: PathBuf,
-        /// The env YAML (`type: env`, with `logging:`; volumes and their seeds as HPVS expects).
+        compose: Option<PathBuf>,
+        /// With --compose: a data volume as NAME:MOUNT:SEED (the workload's part of its passphrase).
+        #[arg(long = "volume", requires = "compose")]
+        volumes: Vec<String>,
+        /// An env YAML (`type: env`, with `logging:`; volume seeds as HPVS expects).
+        #[arg(long, required_unless_present = "syslog", conflicts_with = "syslog")]
+        env: Option<PathBuf>,
+        /// Instead of --env: the syslog target as HOST:PORT.
         #[arg(long)]
-        env: PathBuf,
+        syslog: Option<String>,
+        /// With --syslog: the env's part of a volume's passphrase, as NAME:SEED.
+        #[arg(long = "env-seed", requires = "syslog")]
+        env_seeds: Vec<String>,
         /// IBM's contract encryption certificate (PEM), for the HPVS image version in use.
         #[arg(long)]
         cert: PathBuf,
@@ -528,7 +540,11 @@ fn hpvs(command: HpvsCommand) -> anyhow::Result<()> {
     match command {
         HpvsCommand::Contract {
             workload,
+            compose,
+            volumes,
             env,
+            syslog,
+            env_seeds,
             cert,
             signing_key,
             output,
@@ -536,8 +552,46 @@ fn hpvs(command: HpvsCommand) -> anyhow::Result<()> {
             let cert = custos_hpvs::certificate_public_key(&read(&cert)?).context("--cert")?;
             let signing =
                 custos_hpvs::private_key(&read(&signing_key)?).context("--signing-key")?;
-            let contract =
-                custos_hpvs::build_contract(&read(&workload)?, &read(&env)?, &cert, &signing)?;
+            let workload = match (workload, compose) {
+                (Some(path), _) => read(&path)?,
+                (None, Some(path)) => {
+                    let compose = std::fs::read(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let volumes = volumes
+                        .iter()
+                        .map(|v| match v.splitn(3, ':').collect::<Vec<_>>()[..] {
+                            [name, mount, seed] => Ok(custos_hpvs::Volume {
+                                name: name.into(),
+                                mount: mount.into(),
+                                seed: seed.into(),
+                            }),
+                            _ => Err(anyhow::anyhow!(
+                                "--volume must be NAME:MOUNT:SEED, not {v:?}"
+                            )),
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    custos_hpvs::compose_workload(&compose, &volumes)?
+                }
+                (None, None) => anyhow::bail!("give --workload or --compose"),
+            };
+            let env = match (env, syslog) {
+                (Some(path), _) => read(&path)?,
+                (None, Some(syslog)) => {
+                    let seeds = env_seeds
+                        .iter()
+                        .map(|s| {
+                            s.split_once(':')
+                                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                                .ok_or_else(|| {
+                                    anyhow::anyhow!("--env-seed must be NAME:SEED, not {s:?}")
+                                })
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    custos_hpvs::env_section(&syslog, &seeds)?
+                }
+                (None, None) => anyhow::bail!("give --env or --syslog"),
+            };
+            let contract = custos_hpvs::build_contract(&workload, &env, &cert, &signing)?;
             match output {
                 Some(path) => {
                     std::fs::write(&path, contract.to_yaml())

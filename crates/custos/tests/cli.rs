@@ -1097,6 +1097,67 @@ fn hpvs_contract_and_decrypt_round_trip() {
     .output()
     .unwrap());
     assert_eq!(decrypted, workload);
+    // From a compose file and flags: the archive unpacks to the compose file, volumes and seeds are set.
+    std::fs::write(
+        tmp.path().join("compose.yaml"),
+        "services:\n  custos:\n    image: r/custos@sha256:00\n",
+    )
+    .unwrap();
+    ok(custos(&[
+        "hpvs",
+        "contract",
+        "--compose",
+        &p("compose.yaml"),
+        "--volume",
+        "data:/mnt/data:workload-seed",
+        "--syslog",
+        "logs.example:6514",
+        "--env-seed",
+        "data:env-seed",
+        "--cert",
+        &p("encrypt.crt"),
+        "--signing-key",
+        &p("sign.key"),
+        "-o",
+        &p("contract2.yaml"),
+    ])
+    .output()
+    .unwrap());
+    let contract = std::fs::read_to_string(tmp.path().join("contract2.yaml")).unwrap();
+    for (key, file) in [("workload: ", "w.blob"), ("env: ", "e.blob")] {
+        std::fs::write(
+            tmp.path().join(file),
+            contract.lines().find_map(|l| l.strip_prefix(key)).unwrap(),
+        )
+        .unwrap();
+    }
+    let workload = ok(
+        custos(&["hpvs", "decrypt", "--key", &p("encrypt.key"), &p("w.blob")])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        workload.contains("mount: \"/mnt/data\"") && workload.contains("seed: \"workload-seed\""),
+        "{workload}"
+    );
+    let archive = workload
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("archive: "))
+        .unwrap()
+        .to_owned();
+    std::fs::write(tmp.path().join("archive.b64"), archive).unwrap();
+    run("base64 -d archive.b64 | tar xzf - -O docker-compose.yml > unpacked.yml && cmp unpacked.yml compose.yaml");
+    let env = ok(
+        custos(&["hpvs", "decrypt", "--key", &p("encrypt.key"), &p("e.blob")])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        env.contains("hostname: \"logs.example\"")
+            && env.contains("seed: \"env-seed\"")
+            && env.contains("signingKey: |"),
+        "{env}"
+    );
     // A missing required field is a clear error.
     std::fs::write(tmp.path().join("env.yaml"), "type: env\n").unwrap();
     let out = custos(&[
