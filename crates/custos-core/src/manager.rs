@@ -113,6 +113,17 @@ impl std::fmt::Debug for KeyManager {
     }
 }
 
+/// The bytes a batch's audit MAC covers: each item as a 4-byte big-endian length and its bytes.
+fn frame_batch(items: &[SignRequest]) -> Vec<u8> {
+    let mut framed = Vec::new();
+    for item in items {
+        let bytes = KeyManager::input_bytes(&item.input);
+        framed.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+        framed.extend_from_slice(bytes);
+    }
+    framed
+}
+
 /// Puts the key's current version and provider into an audit entry.
 fn describe_key(key: &Arc<KeyRecord>, entry: &mut AuditEntry) {
     if let Some(current) = key.current() {
@@ -766,13 +777,7 @@ impl KeyManager {
         let mut entry = ctx.entry("sign_batch");
         entry.key = Some(name.to_string());
         entry.items = u32::try_from(items.len()).ok();
-        let mut framed = Vec::new();
-        for item in items {
-            let bytes = Self::input_bytes(&item.input);
-            framed.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
-            framed.extend_from_slice(bytes);
-        }
-        entry.payload_mac = Some(self.audit.mac(&framed));
+        entry.payload_mac = Some(self.audit.mac(&frame_batch(items)));
         let result = self.sign_batch_unaudited(name, items).await;
         self.audited(entry, result, |results, e| {
             if let Some(Ok(first)) = results.iter().find(|r| r.is_ok()) {
@@ -1044,6 +1049,23 @@ mod tests {
         km.sign(&ctx(), &name("r"), &message(b"after reload"))
             .await
             .unwrap();
+    }
+
+    /// Known answer: the batch framing is fixed, big-endian lengths on every architecture.
+    #[test]
+    fn batch_framing_is_pinned() {
+        let items = [
+            message(b"ab"),
+            SignRequest {
+                input: SignInput::Digest(vec![0xff; 3]),
+                hash: None,
+                version: None,
+            },
+        ];
+        assert_eq!(
+            frame_batch(&items),
+            [0, 0, 0, 2, b'a', b'b', 0, 0, 0, 3, 0xff, 0xff, 0xff]
+        );
     }
 
     #[tokio::test]
