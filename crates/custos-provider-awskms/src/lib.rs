@@ -347,14 +347,9 @@ impl KeyProvider for KmsProvider {
                 .limit(1)
                 .send()
                 .await
+                .map(|_| ())
                 .map_err(|e| map_error(None, e))
         };
-        match probe.await {
-            Ok(_) => ProviderHealth::ok(),
-            Err(e) => ProviderHealth {
-                available: false,
-                detail: Some(e.to_string()),
-            },
-        }
+        probe.await.into()
     }
 }

@@ -354,12 +354,6 @@ impl KeyProvider for Pkcs11Provider {
     }
 
     async fn health(&self) -> ProviderHealth {
-        match self.blocking(|inner| inner.token.check()).await {
-            Ok(()) => ProviderHealth::ok(),
-            Err(e) => ProviderHealth {
-                available: false,
-                detail: Some(e.to_string()),
-            },
-        }
+        self.blocking(|inner| inner.token.check()).await.into()
     }
 }

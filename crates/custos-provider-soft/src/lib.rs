@@ -258,13 +258,11 @@ impl KeyProvider for SoftProvider {
     }
 
     async fn health(&self) -> ProviderHealth {
-        match self.store.ping().await {
-            Ok(()) => ProviderHealth::ok(),
-            Err(e) => ProviderHealth {
-                available: false,
-                detail: Some(format!("keystore storage: {e}")),
-            },
-        }
+        self.store
+            .ping()
+            .await
+            .map_err(|e| format!("keystore storage: {e}"))
+            .into()
     }
 }
 

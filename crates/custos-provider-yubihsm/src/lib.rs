@@ -256,16 +256,9 @@ impl KeyProvider for YubiHsmProvider {
     }
 
     async fn health(&self) -> ProviderHealth {
-        match self
-            .blocking(|client| client.ping().map(|_| ()).map_err(map_error))
+        self.blocking(|client| client.ping().map(|_| ()).map_err(map_error))
             .await
-        {
-            Ok(()) => ProviderHealth::ok(),
-            Err(e) => ProviderHealth {
-                available: false,
-                detail: Some(e.to_string()),
-            },
-        }
+            .into()
     }
 }
 

@@ -72,6 +72,19 @@ impl ProviderHealth {
     }
 }
 
+impl<E: std::fmt::Display> From<Result<(), E>> for ProviderHealth {
+    /// The answer of a probe: healthy on `Ok`, unavailable with the error as the detail on `Err`.
+    fn from(probe: Result<(), E>) -> Self {
+        match probe {
+            Ok(()) => ProviderHealth::ok(),
+            Err(e) => ProviderHealth {
+                available: false,
+                detail: Some(e.to_string()),
+            },
+        }
+    }
+}
+
 /// A key backend: the software keystore, a PKCS#11 token, a cloud KMS, a YubiHSM.
 ///
 /// Implementations must be cheap to call concurrently; blocking back-ends move their work off the async
