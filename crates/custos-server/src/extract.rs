@@ -87,6 +87,23 @@ impl FromRequestParts<AppState> for Auth {
             }
             Err(_) => {
                 state.keys.metrics().auth_failures.inc();
+                let source = parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0.ip());
+                let guards = parts.extensions.get::<Arc<Guards>>();
+                if let (Some(ip), Some(guards)) = (source, guards) {
+                    if guards.auth_failures.check_key(&ip).is_err() {
+                        // Over the limit: refuse without another durable write.
+                        state.keys.metrics().rate_limited.inc();
+                        return Err(ApiError::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limited",
+                            "too many failed authentications from this address; slow down",
+                        )
+                        .retry_after(1));
+                    }
+                }
                 let mut entry = ctx.entry("auth_failure");
                 entry.outcome = Outcome::Denied;
                 entry.error_code = Some("unauthenticated".into());

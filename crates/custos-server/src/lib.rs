@@ -67,6 +67,9 @@ pub struct HttpOptions {
     pub request_timeout: std::time::Duration,
     /// Requests per second and burst allowed to each token; more get 429 `rate_limited`.
     pub per_token_rate: Option<(u32, u32)>,
+    /// Failed authentications per second and burst allowed from one address; more get 429 without an
+    /// audit record each (they are counted in `custos_rate_limited_total`).
+    pub auth_failure_rate: (u32, u32),
 }
 
 impl Default for HttpOptions {
@@ -76,6 +79,7 @@ impl Default for HttpOptions {
             max_concurrent_requests: 1024,
             request_timeout: std::time::Duration::from_secs(30),
             per_token_rate: None,
+            auth_failure_rate: (10, 20),
         }
     }
 }
@@ -85,6 +89,9 @@ pub(crate) struct Guards {
     in_flight: Arc<tokio::sync::Semaphore>,
     timeout: std::time::Duration,
     pub(crate) per_token: Option<governor::DefaultKeyedRateLimiter<String>>,
+    /// Failed authentications per source address: each is audited (a durable write), so a client
+    /// without a token must not be able to make unbounded writes.
+    pub(crate) auth_failures: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
 }
 
 /// The OpenAPI document of API v1, served at `/v1/openapi.json`.
@@ -124,6 +131,12 @@ pub fn router(state: AppState, options: HttpOptions) -> Router {
                 options.max_concurrent_requests.max(1),
             )),
             timeout: options.request_timeout,
+            auth_failures: {
+                let (rate, burst) = options.auth_failure_rate;
+                let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+                let burst = NonZeroU32::new(burst).unwrap_or(rate);
+                governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+            },
             per_token: options.per_token_rate.map(|(rate, burst)| {
                 let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
                 let burst = NonZeroU32::new(burst).unwrap_or(rate);

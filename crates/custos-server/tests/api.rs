@@ -1483,3 +1483,46 @@ async fn every_route_checks_its_scope() {
         );
     }
 }
+
+#[tokio::test]
+async fn failed_authentications_from_one_address_are_limited_before_they_flood_the_audit_log() {
+    let options = HttpOptions {
+        auth_failure_rate: (1, 5),
+        ..HttpOptions::default()
+    };
+    let (s, audit) = {
+        let slot = Arc::new(std::sync::Mutex::new(None));
+        let server = start_inner(None, options, Some(Arc::clone(&slot))).await;
+        let audit = slot.lock().unwrap().take().unwrap();
+        (server, audit)
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let (status, _) = s
+            .call("GET", "/v1/keys", Some("cst_0000000000000000_bad"), None)
+            .await;
+        statuses.push(status);
+    }
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    let unauthenticated = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert!(
+        refused >= 20 && unauthenticated >= 5 && refused + unauthenticated == 30,
+        "{statuses:?}"
+    );
+    let query = custos_store::AuditQuery {
+        operation: Some("auth_failure".into()),
+        limit: 100,
+        ..Default::default()
+    };
+    let recorded = audit.query(&query).await.unwrap().len();
+    assert_eq!(recorded, unauthenticated, "every 401 is audited, no 429 is");
+    // A valid token still works from the same address.
+    let (status, _) = s.call("GET", "/v1/keys", Some(&s.admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -182,6 +182,9 @@ pub struct Config {
     pub request_timeout_ms: u64,
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// Failed authentications allowed per source address (each is audited; default 10/s, burst 20).
+    #[serde(default)]
+    pub auth_failure_limit: Option<RateLimit>,
     #[serde(default)]
     pub audit: AuditSettings,
 }

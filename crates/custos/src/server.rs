@@ -339,6 +339,12 @@ pub async fn run(
             max_body_bytes: config.max_body_bytes,
             max_concurrent_requests: config.max_concurrent_requests,
             request_timeout: std::time::Duration::from_millis(config.request_timeout_ms),
+            auth_failure_rate: config.auth_failure_limit.as_ref().map_or((10, 20), |r| {
+                (
+                    r.requests_per_second,
+                    r.burst.unwrap_or(r.requests_per_second),
+                )
+            }),
             per_token_rate: config.rate_limit.as_ref().map(|r| {
                 (
                     r.requests_per_second,
