@@ -249,6 +249,10 @@ pub struct SignRequestBody {
     /// `raw` (default) or `der` (ECDSA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// The equivocation guard: a sequence such as a block height. Refused with 409 `equivocation` when the
+    /// key has signed a different payload at this sequence, or anything at a higher one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
 }
 
 /// A signature and where it came from.

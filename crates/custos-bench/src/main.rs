@@ -346,6 +346,7 @@ fn main() -> anyhow::Result<()> {
         input: SignInput::Message(message.clone()),
         hash: None,
         version: None,
+        sequence: None,
     };
     let handle = server_rt.handle().clone();
     let core = on_all_cores(threads, args.seconds, || {

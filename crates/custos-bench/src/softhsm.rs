@@ -228,6 +228,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             input: SignInput::Message(message.clone()),
             hash: None,
             version: None,
+            sequence: None,
         };
         let core_rate = server_rt.block_on(async {
             let stop = Arc::new(AtomicBool::new(false));

@@ -73,6 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             input: SignInput::Message(b"written on one byte order".to_vec()),
             hash: None,
             version: Some(custos_types::KeyVersion(1)),
+            sequence: None,
         };
         let signed = keys.sign(&ctx, &name, &request).await?;
         let key = keys.key(&name)?;

@@ -70,6 +70,16 @@ pub enum CoreError {
         /// Its state.
         state: VersionState,
     },
+    /// The equivocation guard refused: the key has signed at or above this sequence, with another payload.
+    #[error("key {key} has already signed sequence {signed}; refusing to sign a different payload at sequence {sequence}")]
+    Equivocation {
+        /// The key.
+        key: KeyName,
+        /// The sequence asked for.
+        sequence: u64,
+        /// The highest sequence signed.
+        signed: u64,
+    },
     /// Missing, unknown, expired or revoked token.
     #[error("missing or invalid API token")]
     Unauthenticated,
@@ -103,6 +113,7 @@ impl CoreError {
             CoreError::VersionNotFound { .. } => "version_not_found",
             CoreError::KeyExists(_) => "key_exists",
             CoreError::VersionNotUsable { .. } => "version_not_usable",
+            CoreError::Equivocation { .. } => "equivocation",
             CoreError::Unauthenticated => "unauthenticated",
             CoreError::Forbidden(_) => "forbidden",
             CoreError::Unavailable(_) => "provider_unavailable",
@@ -117,7 +128,9 @@ impl CoreError {
             CoreError::BadInput { .. } => ErrorKind::BadInput,
             CoreError::TooLarge { .. } => ErrorKind::TooLarge,
             CoreError::KeyNotFound(_) | CoreError::VersionNotFound { .. } => ErrorKind::NotFound,
-            CoreError::KeyExists(_) | CoreError::VersionNotUsable { .. } => ErrorKind::Conflict,
+            CoreError::KeyExists(_)
+            | CoreError::VersionNotUsable { .. }
+            | CoreError::Equivocation { .. } => ErrorKind::Conflict,
             CoreError::Unauthenticated => ErrorKind::Unauthenticated,
             CoreError::Forbidden(_) => ErrorKind::Forbidden,
             CoreError::Unavailable(_) | CoreError::AuditUnavailable(_) => ErrorKind::Unavailable,

@@ -9,11 +9,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use custos_provider::{KeyProvider, ProviderError, ProviderHealth};
-use custos_store::{KeyRecord, Location, Store, StoreError, VersionRecord};
+use custos_store::{KeyRecord, Location, Store, StoreError, VersionRecord, Watermark};
 use custos_types::{
     Algorithm, HashAlgorithm, KeyName, KeyVersion, ProviderName, SignPayload, Signature,
     SignatureFormat, Timestamp, TypesError, VersionState,
 };
+use sha2::Digest as _;
 
 use crate::{AuditLog, CoreError, Metrics, RequestContext};
 use custos_audit::{AuditEntry, Outcome};
@@ -54,6 +55,10 @@ pub struct SignRequest {
     pub hash: Option<HashAlgorithm>,
     /// A specific version (default: the current one).
     pub version: Option<KeyVersion>,
+    /// The equivocation guard: a sequence (for example a block height). A different payload at or below
+    /// the highest sequence signed with this key is refused; the same payload at the same sequence gets
+    /// the same signature back.
+    pub sequence: Option<u64>,
 }
 
 /// A verified signature and where it came from.
@@ -102,6 +107,8 @@ pub struct KeyManager {
     limits: Limits,
     audit: Arc<AuditLog>,
     metrics: Arc<Metrics>,
+    /// Serialises guarded (sequenced) signing per key.
+    guards: std::sync::Mutex<HashMap<KeyName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for KeyManager {
@@ -181,6 +188,7 @@ impl KeyManager {
             limits,
             audit,
             metrics,
+            guards: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -582,7 +590,66 @@ impl KeyManager {
         request: &SignRequest,
     ) -> Result<SignOutcome, CoreError> {
         let key = self.key(name)?;
-        self.sign_one(&key, request).await
+        match request.sequence {
+            None => self.sign_one(&key, request).await,
+            Some(sequence) => self.sign_guarded(&key, request, sequence).await,
+        }
+    }
+
+    /// The equivocation guard: at most one payload per sequence, never below the watermark, and the
+    /// watermark durably advanced before the signature is released.
+    async fn sign_guarded(
+        &self,
+        key: &KeyRecord,
+        request: &SignRequest,
+        sequence: u64,
+    ) -> Result<SignOutcome, CoreError> {
+        let lock = {
+            let mut guards = self.guards.lock().map_err(|_| poisoned())?;
+            Arc::clone(guards.entry(key.name.clone()).or_default())
+        };
+        let _held = lock.lock().await;
+        let payload = self.payload(key.algorithm, &request.input, request.hash)?;
+        let payload_hash: [u8; 32] = sha2::Sha256::digest(payload.as_bytes()).into();
+        let equivocation = |signed: u64| CoreError::Equivocation {
+            key: key.name.clone(),
+            sequence,
+            signed,
+        };
+        if let Some(mark) = self.store.watermark(&key.name).await? {
+            if sequence < mark.sequence
+                || (sequence == mark.sequence && mark.payload_hash != payload_hash)
+            {
+                return Err(equivocation(mark.sequence));
+            }
+            if sequence == mark.sequence {
+                // The same payload again: the same signature, checked again before it is returned.
+                let version = key.version(mark.version).ok_or_else(|| {
+                    CoreError::Internal("watermark names a missing version".into())
+                })?;
+                let signature =
+                    version
+                        .public_key
+                        .verify(&payload, &mark.signature, SignatureFormat::Raw)?;
+                return Ok(SignOutcome {
+                    version: mark.version,
+                    provider: mark.provider,
+                    signature,
+                });
+            }
+        }
+        let outcome = self.sign_one(key, request).await?;
+        let mark = Watermark {
+            sequence,
+            payload_hash,
+            version: outcome.version,
+            provider: outcome.provider.clone(),
+            signature: outcome.signature.raw().to_vec(),
+        };
+        match self.store.advance_watermark(&key.name, &mark).await {
+            Err(StoreError::Conflict(_)) => Err(equivocation(sequence)),
+            other => other.map(|()| outcome).map_err(CoreError::from),
+        }
     }
 
     async fn sign_batch_unaudited(
@@ -602,6 +669,12 @@ impl KeyManager {
                     self.limits.max_batch_items
                 ),
             });
+        }
+        if items.iter().any(|i| i.sequence.is_some()) {
+            return Err(CoreError::bad(
+                "not_supported",
+                "a sequence (the equivocation guard) applies to single sign requests, not batches",
+            ));
         }
         let key = self.key(name)?;
         let mut results = Vec::with_capacity(items.len());
@@ -757,6 +830,7 @@ impl KeyManager {
     ) -> Result<SignOutcome, CoreError> {
         let mut entry = ctx.entry("sign");
         entry.key = Some(name.to_string());
+        entry.subject = request.sequence.map(|s| format!("sequence {s}"));
         entry.payload_mac = Some(self.audit.mac(Self::input_bytes(&request.input)));
         let result = self.sign_unaudited(name, request).await;
         self.audited(entry, result, |outcome, e| {
@@ -865,6 +939,7 @@ mod tests {
             input: SignInput::Message(m.to_vec()),
             hash: None,
             version: None,
+            sequence: None,
         }
     }
 
@@ -938,6 +1013,7 @@ mod tests {
             input: SignInput::Digest(HashAlgorithm::Keccak256.digest(b"eth").to_vec()),
             hash: None,
             version: None,
+            sequence: None,
         };
         let a = km.sign(&ctx(), &name("k"), &keccak).await.unwrap();
         let b = km.sign(&ctx(), &name("k"), &digest).await.unwrap();
@@ -979,6 +1055,7 @@ mod tests {
                     input: SignInput::Digest(vec![0; 32]),
                     hash: None,
                     version: None,
+                    sequence: None,
                 },
                 "not_supported",
             ),
@@ -988,6 +1065,7 @@ mod tests {
                     input: SignInput::Digest(vec![0; 31]),
                     hash: None,
                     version: None,
+                    sequence: None,
                 },
                 "invalid_digest",
             ),
@@ -1051,6 +1129,91 @@ mod tests {
             .unwrap();
     }
 
+    #[tokio::test]
+    async fn the_equivocation_guard_signs_each_sequence_once_and_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let km = manager(dir.path()).await;
+        // secp256k1 in the soft provider is deterministic, so compare payloads, not luck: use p256 via a
+        // fresh request each time and check the returned bytes.
+        km.create_key(&ctx(), name("seq"), Algorithm::Ed25519, vec![])
+            .await
+            .unwrap();
+        let at = |n: u64, m: &[u8]| SignRequest {
+            sequence: Some(n),
+            ..message(m)
+        };
+        let first = km
+            .sign(&ctx(), &name("seq"), &at(10, b"block 10"))
+            .await
+            .unwrap();
+        // The same payload at the same sequence: the same signature.
+        let again = km
+            .sign(&ctx(), &name("seq"), &at(10, b"block 10"))
+            .await
+            .unwrap();
+        assert_eq!(again.signature, first.signature);
+        // Another payload at the same sequence, or anything below: refused.
+        for (n, m) in [
+            (10, &b"block 10 (forked)"[..]),
+            (9, b"block 9"),
+            (3, b"block 10"),
+        ] {
+            let err = km.sign(&ctx(), &name("seq"), &at(n, m)).await.unwrap_err();
+            assert_eq!(err.code(), "equivocation", "{n}");
+        }
+        km.sign(&ctx(), &name("seq"), &at(11, b"block 11"))
+            .await
+            .unwrap();
+        // Unsequenced signing is not affected; batches refuse sequences.
+        km.sign(&ctx(), &name("seq"), &message(b"anything"))
+            .await
+            .unwrap();
+        let err = km
+            .sign_batch(&ctx(), &name("seq"), &[at(12, b"x")])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "not_supported");
+        // Concurrent requests for one new sequence with different payloads: exactly one wins.
+        let km = Arc::new(km);
+        let tasks: Vec<_> = (0..8u8)
+            .map(|i| {
+                let km = Arc::clone(&km);
+                tokio::spawn(async move { km.sign(&ctx(), &name("seq"), &at(20, &[i; 4])).await })
+            })
+            .collect();
+        let mut won = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => won += 1,
+                Err(err) => assert_eq!(err.code(), "equivocation"),
+            }
+        }
+        assert_eq!(won, 1);
+        drop(km);
+        // The watermark is durable: after a restart, sequence 20 still holds exactly one payload.
+        let km = manager(dir.path()).await;
+        let err = km
+            .sign(&ctx(), &name("seq"), &at(19, b"late"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "equivocation");
+        let records = km
+            .audit()
+            .query(&custos_store::AuditQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(records
+            .iter()
+            .any(|r| r.entry.subject.as_deref() == Some("sequence 11")
+                && r.entry.outcome == Outcome::Ok));
+        assert!(records
+            .iter()
+            .any(|r| r.entry.error_code.as_deref() == Some("equivocation")));
+    }
+
     /// Known answer: the batch framing is fixed, big-endian lengths on every architecture.
     #[test]
     fn batch_framing_is_pinned() {
@@ -1060,6 +1223,7 @@ mod tests {
                 input: SignInput::Digest(vec![0xff; 3]),
                 hash: None,
                 version: None,
+                sequence: None,
             },
         ];
         assert_eq!(

@@ -112,6 +112,7 @@ async fn opens(fixture: &str) {
             input: SignInput::Message(MESSAGE.to_vec()),
             hash: None,
             version: Some(KeyVersion(1)),
+            sequence: None,
         };
         let again = keys.sign(&ctx, &name, &request).await.unwrap();
         assert_eq!(

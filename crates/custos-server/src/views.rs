@@ -91,6 +91,7 @@ pub fn sign_request(body: &SignRequestBody) -> Result<(SignRequest, SignatureFor
         input: input(&body.message, &body.digest)?,
         hash: hash(&body.hash)?,
         version: body.version.map(KeyVersion),
+        sequence: body.sequence,
     };
     Ok((request, format(&body.format)?))
 }

@@ -1526,3 +1526,34 @@ async fn failed_authentications_from_one_address_are_limited_before_they_flood_t
     let (status, _) = s.call("GET", "/v1/keys", Some(&s.admin), None).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_equivocation_guard_over_http() {
+    let s = start().await;
+    s.create("sequencer", "ed25519").await;
+    let sign = |n: u64, m: &[u8]| json!({"message": b64::encode(m), "sequence": n});
+    let (status, first) = s
+        .post("/v1/keys/sequencer/sign", sign(100, b"block 100"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (_, again) = s
+        .post("/v1/keys/sequencer/sign", sign(100, b"block 100"))
+        .await;
+    assert_eq!(again["signature"], first["signature"]);
+    let (status, fork) = s
+        .post("/v1/keys/sequencer/sign", sign(100, b"block 100 forked"))
+        .await;
+    assert_eq!(
+        (status, fork["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("equivocation")),
+        "{fork}"
+    );
+    let (status, _) = s
+        .post("/v1/keys/sequencer/sign", sign(99, b"block 99"))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = s
+        .post("/v1/keys/sequencer/sign", sign(101, b"block 101"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -13,7 +13,9 @@ use custos_audit::{AuditRecord, Checkpoint, Head};
 use custos_types::{KeyHandle, KeyName, KeyVersion, ProviderName, Timestamp, VersionState};
 
 pub use error::StoreError;
-pub use records::{AuditQuery, KeyRecord, Location, SealedKey, TokenRecord, VersionRecord};
+pub use records::{
+    AuditQuery, KeyRecord, Location, SealedKey, TokenRecord, VersionRecord, Watermark,
+};
 pub use sqlite::SqliteStore;
 
 /// Durable state behind Custos. Implementations are safe to share between tasks.
@@ -83,6 +85,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Appends audit records durably, all in one transaction (one fsync for the whole batch). They must
     /// continue the chain from [`Store::audit_head`].
     async fn append_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError>;
+
+    /// The equivocation guard's watermark for a key, if it has signed with a sequence.
+    async fn watermark(&self, key: &KeyName) -> Result<Option<Watermark>, StoreError>;
+
+    /// Durably raises a key's watermark; [`StoreError::Conflict`] unless `mark.sequence` is above the
+    /// stored one (a compare-and-set in one transaction).
+    async fn advance_watermark(&self, key: &KeyName, mark: &Watermark) -> Result<(), StoreError>;
 
     /// The audit chain's head (sequence number and hash of the last record).
     async fn audit_head(&self) -> Result<Head, StoreError>;

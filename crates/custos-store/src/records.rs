@@ -129,3 +129,19 @@ impl std::fmt::Debug for SealedKey {
             .finish()
     }
 }
+
+/// The equivocation guard's watermark for one key: the highest sequence signed, what was signed there,
+/// and the signature released for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watermark {
+    /// The highest sequence (for example a block height) signed with the key.
+    pub sequence: u64,
+    /// SHA-256 of the bytes signed at that sequence.
+    pub payload_hash: [u8; 32],
+    /// The version that signed.
+    pub version: custos_types::KeyVersion,
+    /// The provider that signed.
+    pub provider: custos_types::ProviderName,
+    /// The 64-byte signature released.
+    pub signature: Vec<u8>,
+}

@@ -18,6 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension as _, Row, TransactionBehav
 
 use crate::{
     AuditQuery, KeyRecord, Location, SealedKey, Store, StoreError, TokenRecord, VersionRecord,
+    Watermark,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
@@ -88,6 +89,16 @@ CREATE TABLE audit_checkpoints (
     record      TEXT NOT NULL
 );
 ALTER TABLE api_tokens ADD COLUMN last_used_at TEXT;
+"#,
+    r#"
+CREATE TABLE sign_watermarks (
+    key_name     TEXT PRIMARY KEY REFERENCES keys(name),
+    sequence     INTEGER NOT NULL,           -- the highest sequence signed (0 ..= i64::MAX)
+    payload_hash BLOB NOT NULL,              -- SHA-256 of the bytes signed at that sequence
+    version      INTEGER NOT NULL,
+    provider     TEXT NOT NULL,
+    signature    BLOB NOT NULL               -- the 64-byte signature released for it
+);
 "#,
 ];
 
@@ -337,6 +348,19 @@ fn sealed_from_row(row: &Row<'_>) -> rusqlite::Result<SealedRow> {
         row.get(3)?,
         row.get(4)?,
         row.get(5)?,
+    ))
+}
+
+/// The raw columns of a `sign_watermarks` row: sequence, payload hash, version, provider, signature.
+type WatermarkRow = (i64, Vec<u8>, u32, String, Vec<u8>);
+
+fn watermark_from_row(row: &Row<'_>) -> rusqlite::Result<WatermarkRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
     ))
 }
 
@@ -746,6 +770,62 @@ impl Store for SqliteStore {
             )?;
             rows.map(|json| serde_json::from_str(&json?).map_err(corrupt))
                 .collect()
+        })
+        .await
+    }
+
+    async fn watermark(&self, key: &KeyName) -> Result<Option<Watermark>, StoreError> {
+        let key = key.clone();
+        self.run(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT sequence, payload_hash, version, provider, signature FROM sign_watermarks WHERE key_name = ?1",
+                    [key.as_str()],
+                    watermark_from_row,
+                )
+                .optional()?;
+            row.map(|(sequence, hash, version, provider, signature)| {
+                Ok(Watermark {
+                    sequence: u64::try_from(sequence).map_err(corrupt)?,
+                    payload_hash: hash.try_into().map_err(|_| corrupt("watermark hash length"))?,
+                    version: KeyVersion(version),
+                    provider: ProviderName::new(provider).map_err(corrupt)?,
+                    signature,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn advance_watermark(&self, key: &KeyName, mark: &Watermark) -> Result<(), StoreError> {
+        let (key, mark) = (key.clone(), mark.clone());
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current: Option<i64> = tx
+                .query_row("SELECT sequence FROM sign_watermarks WHERE key_name = ?1", [key.as_str()], |row| row.get(0))
+                .optional()?;
+            let sequence = i64::try_from(mark.sequence).map_err(|_| StoreError::Conflict("sequence above 2^63-1".into()))?;
+            if let Some(current) = current {
+                if current >= sequence {
+                    return Err(StoreError::Conflict(format!("key {key} has signed sequence {current}")));
+                }
+            }
+            tx.execute(
+                "INSERT INTO sign_watermarks (key_name, sequence, payload_hash, version, provider, signature)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(key_name) DO UPDATE SET sequence = ?2, payload_hash = ?3, version = ?4, provider = ?5, signature = ?6",
+                params![
+                    key.as_str(),
+                    sequence,
+                    mark.payload_hash.as_slice(),
+                    mark.version.0,
+                    mark.provider.as_str(),
+                    mark.signature
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
         })
         .await
     }

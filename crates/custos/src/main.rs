@@ -77,6 +77,10 @@ enum Command {
         input: InputArgs,
         #[command(flatten)]
         options: SignOptions,
+        /// The equivocation guard: a sequence such as a block height; Custos refuses to sign another
+        /// payload at this sequence or any payload below the highest signed.
+        #[arg(long)]
+        sequence: Option<u64>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -448,9 +452,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             input,
             options,
+            sequence,
             conn,
         } => {
-            let body = sign_body(&input, options)?;
+            let body = SignRequestBody {
+                sequence,
+                ..sign_body(&input, options)?
+            };
             let client = connect(&conn)?;
             let r: SignResponse = client
                 .call(Method::POST, &format!("/v1/keys/{name}/sign"), Some(&body))
