@@ -28,6 +28,25 @@ pub struct Limits {
     pub max_batch_items: usize,
 }
 
+impl Limits {
+    /// Refuses an empty batch, or one with more items than allowed.
+    pub fn check_batch(&self, items: usize) -> Result<(), CoreError> {
+        if items == 0 {
+            return Err(CoreError::bad("empty_batch", "the batch has no items"));
+        }
+        if items > self.max_batch_items {
+            return Err(CoreError::TooLarge {
+                code: "batch_too_large",
+                message: format!(
+                    "the batch has {items} items; the limit is {}",
+                    self.max_batch_items
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -531,8 +550,18 @@ impl KeyManager {
         key: &KeyRecord,
         request: &SignRequest,
     ) -> Result<SignOutcome, CoreError> {
-        let version = Self::signing_version(key, request.version)?;
         let payload = self.payload(key.algorithm, &request.input, request.hash)?;
+        self.sign_payload(key, request.version, &payload).await
+    }
+
+    /// Signs bytes already prepared by [`KeyManager::payload`] with the requested (or current) version.
+    async fn sign_payload(
+        &self,
+        key: &KeyRecord,
+        version: Option<KeyVersion>,
+        payload: &SignPayload,
+    ) -> Result<SignOutcome, CoreError> {
+        let version = Self::signing_version(key, version)?;
         let mut last = None;
         for location in &version.locations {
             let Some(provider) = self.providers.get(&location.provider) else {
@@ -544,7 +573,7 @@ impl KeyManager {
             };
             let started = std::time::Instant::now();
             let signed = provider
-                .sign(&location.handle, key.algorithm, &payload)
+                .sign(&location.handle, key.algorithm, payload)
                 .await;
             self.metrics
                 .sign_seconds
@@ -553,7 +582,7 @@ impl KeyManager {
             match signed {
                 Ok(raw) => match version
                     .public_key
-                    .verify(&payload, &raw, SignatureFormat::Raw)
+                    .verify(payload, &raw, SignatureFormat::Raw)
                 {
                     Ok(signature) => {
                         return Ok(SignOutcome {
@@ -638,7 +667,7 @@ impl KeyManager {
                 });
             }
         }
-        let outcome = self.sign_one(key, request).await?;
+        let outcome = self.sign_payload(key, request.version, &payload).await?;
         let mark = Watermark {
             sequence,
             payload_hash,
@@ -657,19 +686,7 @@ impl KeyManager {
         name: &KeyName,
         items: &[SignRequest],
     ) -> Result<Vec<Result<SignOutcome, CoreError>>, CoreError> {
-        if items.is_empty() {
-            return Err(CoreError::bad("empty_batch", "the batch has no items"));
-        }
-        if items.len() > self.limits.max_batch_items {
-            return Err(CoreError::TooLarge {
-                code: "batch_too_large",
-                message: format!(
-                    "the batch has {} items; the limit is {}",
-                    items.len(),
-                    self.limits.max_batch_items
-                ),
-            });
-        }
+        self.limits.check_batch(items.len())?;
         if items.iter().any(|i| i.sequence.is_some()) {
             return Err(CoreError::bad(
                 "not_supported",

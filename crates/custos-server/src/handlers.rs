@@ -160,17 +160,8 @@ pub async fn sign_batch(
 ) -> Result<Json<SignBatchResponse>> {
     allow(&state, &ctx, Operation::Sign(&name)).await?;
     let body: SignBatchRequest = parse(&body)?;
-    let limit = state.keys.limits().max_batch_items;
-    if body.items.len() > limit {
-        return Err(CoreError::TooLarge {
-            code: "batch_too_large",
-            message: format!(
-                "the batch has {} items; the limit is {limit}",
-                body.items.len()
-            ),
-        }
-        .into());
-    }
+    // Checked before decoding, so an oversized batch is not decoded at all.
+    state.keys.limits().check_batch(body.items.len())?;
     // Items that do not decode fail alone; the rest are signed together, and results keep input order.
     let decoded: Vec<_> = body.items.iter().map(views::sign_request).collect();
     let requests: Vec<_> = decoded
