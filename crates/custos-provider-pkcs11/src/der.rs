@@ -30,6 +30,15 @@ pub fn algorithm_of_params(params: &[u8]) -> Option<Algorithm> {
     }
 }
 
+/// A point as `CKA_EC_POINT` holds it: a DER `OCTET STRING` around the bare point (at most 127 bytes).
+pub fn wrap_ec_point(point: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(point.len() + 2);
+    out.push(0x04);
+    out.push(u8::try_from(point.len()).unwrap_or(0x7f) & 0x7f);
+    out.extend_from_slice(point);
+    out
+}
+
 /// `CKA_EC_POINT` is a DER `OCTET STRING` holding the point on most tokens, and the bare point on some.
 /// Returns the bare point (32 bytes for Ed25519, SEC1 for ECDSA).
 pub fn unwrap_ec_point(value: &[u8]) -> &[u8] {
@@ -45,6 +54,14 @@ pub fn unwrap_ec_point(value: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wrapped_points_unwrap_to_themselves() {
+        for len in [32usize, 65] {
+            let point = vec![0x42u8; len];
+            assert_eq!(unwrap_ec_point(&wrap_ec_point(&point)), &point[..]);
+        }
+    }
 
     #[test]
     fn unwraps_wrapped_and_bare_points() {

@@ -24,10 +24,11 @@ use cryptoki::session::Session;
 use custos_provider::{
     signing_input, Capabilities, GeneratedKey, KeyProvider, ProviderError, ProviderHealth,
 };
-use custos_types::{Algorithm, KeyHandle, ProviderName, PublicKey, SignPayload};
+use custos_types::{Algorithm, KeyHandle, PrivateKey, ProviderName, PublicKey, SignPayload};
 use rand_core::{OsRng, RngCore as _};
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
+use zeroize::Zeroize as _;
 
 use token::Token;
 pub use token::TokenRef;
@@ -215,6 +216,70 @@ impl Inner {
         })
     }
 
+    /// Creates a key pair on the token from key material made elsewhere (`C_CreateObject`), as
+    /// non-extractable and sensitive as a generated one. The secret's copy in the template is zeroized.
+    fn import(&self, key: &PrivateKey, label: &str) -> Result<GeneratedKey, ProviderError> {
+        let algorithm = key.algorithm();
+        let mut id = vec![0u8; 16];
+        OsRng.fill_bytes(&mut id);
+        let key_type = match algorithm {
+            Algorithm::Ed25519 => KeyType::EC_EDWARDS,
+            Algorithm::Secp256k1 | Algorithm::P256 => KeyType::EC,
+        };
+        let public_key = key.public_key();
+        let label = label.as_bytes().to_vec();
+        let public_template = [
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::KeyType(key_type),
+            Attribute::Verify(true),
+            Attribute::EcParams(der::params_of(algorithm).to_vec()),
+            Attribute::EcPoint(der::wrap_ec_point(public_key.as_bytes())),
+            Attribute::Label(label.clone()),
+            Attribute::Id(id.clone()),
+        ];
+        let mut private_template = [
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::KeyType(key_type),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::EcParams(der::params_of(algorithm).to_vec()),
+            Attribute::Value(key.secret().to_vec()),
+            Attribute::Label(label),
+            Attribute::Id(id.clone()),
+        ];
+        let created = self.token.with_session(|session: &Session| {
+            let private = session.create_object(&private_template)?;
+            if let Err(e) = session.create_object(&public_template) {
+                // No half-imported key: remove the private half again.
+                let _ = session.destroy_object(private);
+                return Err(e);
+            }
+            Ok(())
+        });
+        for attribute in &mut private_template {
+            if let Attribute::Value(secret) = attribute {
+                secret.zeroize();
+            }
+        }
+        created?;
+        let handle = KeyHandle::new(hex::encode(&id));
+        let info = self.load(&handle)?;
+        if info.public_key != public_key {
+            return Err(ProviderError::Corrupt(
+                "the token holds a different key than the one imported".into(),
+            ));
+        }
+        Ok(GeneratedKey {
+            handle,
+            public_key: info.public_key,
+        })
+    }
+
     fn sign(
         &self,
         handle: &KeyHandle,
@@ -265,7 +330,7 @@ impl KeyProvider for Pkcs11Provider {
         Capabilities {
             algorithms: Algorithm::ALL.to_vec(),
             exportable: false,
-            import: false,
+            import: true,
         }
     }
 
@@ -277,6 +342,13 @@ impl KeyProvider for Pkcs11Provider {
         let label = label.to_owned();
         self.blocking(move |inner| inner.generate(algorithm, &label))
             .await
+    }
+
+    async fn import(&self, key: &PrivateKey, label: &str) -> Result<GeneratedKey, ProviderError> {
+        let key = PrivateKey::from_secret(key.algorithm(), &key.secret())
+            .map_err(|e| ProviderError::Corrupt(e.to_string()))?;
+        let label = label.to_owned();
+        self.blocking(move |inner| inner.import(&key, &label)).await
     }
 
     /// Adopts a key that already exists on the token, by `label:<text>` or `id:<hex>`.

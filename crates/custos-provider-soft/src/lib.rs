@@ -1,4 +1,5 @@
-//! The software key provider: keys generated from the OS RNG and sealed at rest in the store.
+//! The software key provider: keys generated from the OS RNG and sealed at rest in the store; and the
+//! in-memory provider that emergency mode signs with.
 //!
 //! Sealing: a random 256-bit data key encrypts each private key with XChaCha20-Poly1305 (the associated
 //! data binds the provider, handle and algorithm, so sealed records cannot be swapped). The data key is
@@ -9,6 +10,7 @@
 //! Unsealed keys live in memory only inside zeroizing types.
 
 mod keystore;
+mod memory;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -18,106 +20,15 @@ use custos_provider::{
     signing_input, Capabilities, GeneratedKey, KeyProvider, ProviderError, ProviderHealth,
 };
 use custos_store::{SealedKey, Store, StoreError};
-use custos_types::{Algorithm, KeyHandle, ProviderName, PublicKey, SignPayload, Timestamp};
-use ed25519_dalek::Signer as _;
-use k256::ecdsa::signature::hazmat::PrehashSigner as _;
+use custos_types::{
+    Algorithm, KeyHandle, PrivateKey, ProviderName, PublicKey, SignPayload, Timestamp,
+};
 use rand_core::{OsRng, RngCore as _};
 use secrecy::SecretString;
-use zeroize::Zeroizing;
 
 pub use keystore::KdfParams;
 use keystore::{DataKey, Keystore};
-
-/// An unsealed private key. Each inner type zeroizes its secret on drop.
-enum SoftKey {
-    Ed25519(ed25519_dalek::SigningKey),
-    Secp256k1(k256::ecdsa::SigningKey),
-    P256(p256::ecdsa::SigningKey),
-}
-
-impl std::fmt::Debug for SoftKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SoftKey({}, <redacted>)", self.algorithm())
-    }
-}
-
-impl SoftKey {
-    fn generate(algorithm: Algorithm) -> SoftKey {
-        match algorithm {
-            Algorithm::Ed25519 => SoftKey::Ed25519(ed25519_dalek::SigningKey::generate(&mut OsRng)),
-            Algorithm::Secp256k1 => SoftKey::Secp256k1(k256::ecdsa::SigningKey::random(&mut OsRng)),
-            Algorithm::P256 => SoftKey::P256(p256::ecdsa::SigningKey::random(&mut OsRng)),
-        }
-    }
-
-    fn from_secret(algorithm: Algorithm, secret: &[u8]) -> Option<SoftKey> {
-        Some(match algorithm {
-            Algorithm::Ed25519 => {
-                let bytes: &[u8; 32] = secret.try_into().ok()?;
-                SoftKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(bytes))
-            }
-            Algorithm::Secp256k1 => {
-                SoftKey::Secp256k1(k256::ecdsa::SigningKey::from_slice(secret).ok()?)
-            }
-            Algorithm::P256 => SoftKey::P256(p256::ecdsa::SigningKey::from_slice(secret).ok()?),
-        })
-    }
-
-    /// The 32-byte private scalar or seed (big-endian for ECDSA), in a zeroizing buffer.
-    fn secret(&self) -> Zeroizing<Vec<u8>> {
-        Zeroizing::new(match self {
-            SoftKey::Ed25519(k) => k.to_bytes().to_vec(),
-            SoftKey::Secp256k1(k) => k.to_bytes().to_vec(),
-            SoftKey::P256(k) => k.to_bytes().to_vec(),
-        })
-    }
-
-    fn algorithm(&self) -> Algorithm {
-        match self {
-            SoftKey::Ed25519(_) => Algorithm::Ed25519,
-            SoftKey::Secp256k1(_) => Algorithm::Secp256k1,
-            SoftKey::P256(_) => Algorithm::P256,
-        }
-    }
-
-    fn public_key(&self) -> PublicKey {
-        let (alg, bytes) = match self {
-            SoftKey::Ed25519(k) => (Algorithm::Ed25519, k.verifying_key().to_bytes().to_vec()),
-            SoftKey::Secp256k1(k) => (
-                Algorithm::Secp256k1,
-                k.verifying_key()
-                    .to_encoded_point(false)
-                    .as_bytes()
-                    .to_vec(),
-            ),
-            SoftKey::P256(k) => (
-                Algorithm::P256,
-                k.verifying_key()
-                    .to_encoded_point(false)
-                    .as_bytes()
-                    .to_vec(),
-            ),
-        };
-        // The bytes come from a valid signing key, so they are a valid public key.
-        PublicKey::from_bytes(alg, &bytes).unwrap_or_else(|_| unreachable!("own public key"))
-    }
-
-    fn sign(&self, payload: &SignPayload) -> Result<Vec<u8>, ProviderError> {
-        let data = signing_input(self.algorithm(), payload)?;
-        let ecdsa_err = |_| ProviderError::InvalidPayload("ECDSA signing failed");
-        Ok(match self {
-            SoftKey::Ed25519(k) => k.sign(data).to_bytes().to_vec(),
-            SoftKey::Secp256k1(k) => {
-                let sig: k256::ecdsa::Signature = k.sign_prehash(data).map_err(ecdsa_err)?;
-                sig.to_bytes().to_vec()
-            }
-            SoftKey::P256(k) => {
-                let sig: p256::ecdsa::Signature = k.sign_prehash(data).map_err(ecdsa_err)?;
-                sig.to_bytes().to_vec()
-            }
-        })
-    }
-}
+pub use memory::MemoryProvider;
 
 fn store_error(err: StoreError) -> ProviderError {
     match err {
@@ -132,7 +43,7 @@ pub struct SoftProvider {
     name: ProviderName,
     store: Arc<dyn Store>,
     keystore: Keystore,
-    keys: RwLock<HashMap<KeyHandle, Arc<SoftKey>>>,
+    keys: RwLock<HashMap<KeyHandle, Arc<PrivateKey>>>,
 }
 
 impl SoftProvider {
@@ -162,57 +73,9 @@ impl SoftProvider {
         })
     }
 
-    fn key(&self, handle: &KeyHandle) -> Result<Arc<SoftKey>, ProviderError> {
-        let keys = self
-            .keys
-            .read()
-            .map_err(|_| ProviderError::Unavailable("key map lock poisoned".into()))?;
-        keys.get(handle)
-            .cloned()
-            .ok_or_else(|| ProviderError::UnknownKey(handle.clone()))
-    }
-}
-
-fn aad(provider: &ProviderName, handle: &KeyHandle, algorithm: Algorithm) -> Vec<u8> {
-    format!("custos-soft-key-v1\0{provider}\0{handle}\0{algorithm}").into_bytes()
-}
-
-fn unseal(data_key: &DataKey, sealed: &SealedKey) -> Result<SoftKey, ProviderError> {
-    let aad = aad(&sealed.provider, &sealed.handle, sealed.algorithm);
-    let secret = data_key
-        .open(&sealed.nonce, &sealed.ciphertext, &aad)
-        .ok_or_else(|| {
-            ProviderError::Corrupt(format!("sealed key {} does not decrypt", sealed.handle))
-        })?;
-    SoftKey::from_secret(sealed.algorithm, &secret).ok_or_else(|| {
-        ProviderError::Corrupt(format!("sealed key {} is not a valid key", sealed.handle))
-    })
-}
-
-#[async_trait]
-impl KeyProvider for SoftProvider {
-    fn name(&self) -> &ProviderName {
-        &self.name
-    }
-
-    fn kind(&self) -> &'static str {
-        "soft"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            algorithms: Algorithm::ALL.to_vec(),
-            exportable: true,
-            import: true,
-        }
-    }
-
-    async fn generate(
-        &self,
-        algorithm: Algorithm,
-        _label: &str,
-    ) -> Result<GeneratedKey, ProviderError> {
-        let key = SoftKey::generate(algorithm);
+    /// Seals a key into the store under a fresh handle and keeps it unsealed in memory.
+    async fn keep(&self, key: PrivateKey) -> Result<GeneratedKey, ProviderError> {
+        let algorithm = key.algorithm();
         let mut id = [0u8; 16];
         OsRng.fill_bytes(&mut id);
         let handle = KeyHandle::new(format!("soft-{}", hex::encode(id)));
@@ -240,6 +103,71 @@ impl KeyProvider for SoftProvider {
         Ok(GeneratedKey { handle, public_key })
     }
 
+    fn key(&self, handle: &KeyHandle) -> Result<Arc<PrivateKey>, ProviderError> {
+        let keys = self
+            .keys
+            .read()
+            .map_err(|_| ProviderError::Unavailable("key map lock poisoned".into()))?;
+        keys.get(handle)
+            .cloned()
+            .ok_or_else(|| ProviderError::UnknownKey(handle.clone()))
+    }
+}
+
+fn aad(provider: &ProviderName, handle: &KeyHandle, algorithm: Algorithm) -> Vec<u8> {
+    format!("custos-soft-key-v1\0{provider}\0{handle}\0{algorithm}").into_bytes()
+}
+
+fn unseal(data_key: &DataKey, sealed: &SealedKey) -> Result<PrivateKey, ProviderError> {
+    let aad = aad(&sealed.provider, &sealed.handle, sealed.algorithm);
+    let secret = data_key
+        .open(&sealed.nonce, &sealed.ciphertext, &aad)
+        .ok_or_else(|| {
+            ProviderError::Corrupt(format!("sealed key {} does not decrypt", sealed.handle))
+        })?;
+    PrivateKey::from_secret(sealed.algorithm, &secret).map_err(|_| {
+        ProviderError::Corrupt(format!("sealed key {} is not a valid key", sealed.handle))
+    })
+}
+
+#[async_trait]
+impl KeyProvider for SoftProvider {
+    fn name(&self) -> &ProviderName {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "soft"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            algorithms: Algorithm::ALL.to_vec(),
+            exportable: true,
+            import: true,
+        }
+    }
+
+    async fn generate(
+        &self,
+        algorithm: Algorithm,
+        _label: &str,
+    ) -> Result<GeneratedKey, ProviderError> {
+        self.keep(PrivateKey::generate(algorithm)).await
+    }
+
+    async fn export(&self, handle: &KeyHandle) -> Result<PrivateKey, ProviderError> {
+        let key = self.key(handle)?;
+        PrivateKey::from_secret(key.algorithm(), &key.secret())
+            .map_err(|e| ProviderError::Corrupt(e.to_string()))
+    }
+
+    async fn import(&self, key: &PrivateKey, _label: &str) -> Result<GeneratedKey, ProviderError> {
+        let copy = PrivateKey::from_secret(key.algorithm(), &key.secret())
+            .map_err(|e| ProviderError::Corrupt(e.to_string()))?;
+        self.keep(copy).await
+    }
+
     async fn public_key(&self, handle: &KeyHandle) -> Result<PublicKey, ProviderError> {
         Ok(self.key(handle)?.public_key())
     }
@@ -254,7 +182,9 @@ impl KeyProvider for SoftProvider {
         if key.algorithm() != algorithm {
             return Err(ProviderError::UnsupportedAlgorithm(algorithm));
         }
+        signing_input(algorithm, payload)?;
         key.sign(payload)
+            .map_err(|_| ProviderError::InvalidPayload("ECDSA signing failed"))
     }
 
     async fn health(&self) -> ProviderHealth {

@@ -79,6 +79,9 @@ pub async fn run(harness: Harness) {
     for &alg in &caps.algorithms {
         generate_sign_verify(provider.as_ref(), alg, harness.quirk).await;
     }
+    for &alg in &caps.algorithms {
+        share(provider.as_ref(), alg).await;
+    }
     unknown_key(provider.as_ref(), caps.algorithms[0]).await;
     wrong_algorithm(provider.as_ref(), &caps.algorithms).await;
     unavailable(harness.unavailable.as_ref(), caps.algorithms[0]).await;
@@ -97,6 +100,53 @@ fn random_message() -> Vec<u8> {
     let mut message = vec![0u8; 1 + (rand_core::OsRng.next_u32() % 300) as usize];
     rand_core::OsRng.fill_bytes(&mut message);
     message
+}
+
+/// Export and import, as far as the capabilities promise them: an exported key is the key itself, an
+/// imported key signs as itself; a provider that promises neither refuses both with `NotSupported`.
+async fn share(provider: &dyn KeyProvider, alg: Algorithm) {
+    let caps = provider.capabilities();
+    let key = provider
+        .generate(alg, "custos-conformance")
+        .await
+        .expect("generate");
+    match provider.export(&key.handle).await {
+        Ok(exported) => {
+            assert!(
+                caps.exportable,
+                "exported a key while claiming keys cannot leave"
+            );
+            assert_eq!(
+                exported.public_key(),
+                key.public_key,
+                "exported a different key"
+            );
+        }
+        Err(ProviderError::NotSupported(_)) => assert!(!caps.exportable, "export refused"),
+        Err(e) => panic!("export {alg}: {e}"),
+    }
+    let outside = custos_types::PrivateKey::generate(alg);
+    match provider.import(&outside, "custos-conformance-import").await {
+        Ok(imported) => {
+            assert!(caps.import, "imported a key while claiming no import");
+            assert_eq!(
+                imported.public_key,
+                outside.public_key(),
+                "imported a different key"
+            );
+            let payload = payload_for(alg, b"imported");
+            let raw = provider
+                .sign(&imported.handle, alg, &payload)
+                .await
+                .expect("sign with an imported key");
+            outside
+                .public_key()
+                .verify(&payload, &raw, SignatureFormat::Raw)
+                .expect("an imported key's signature verifies");
+        }
+        Err(ProviderError::NotSupported(_)) => assert!(!caps.import, "import refused"),
+        Err(e) => panic!("import {alg}: {e}"),
+    }
 }
 
 async fn generate_sign_verify(

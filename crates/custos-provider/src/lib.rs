@@ -9,11 +9,13 @@ mod error;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "fault")]
+pub mod fault;
 
 use std::fmt::Debug;
 
 use async_trait::async_trait;
-use custos_types::{Algorithm, KeyHandle, ProviderName, PublicKey, SignPayload};
+use custos_types::{Algorithm, KeyHandle, PrivateKey, ProviderName, PublicKey, SignPayload};
 use serde::Serialize;
 
 pub use error::ProviderError;
@@ -118,6 +120,24 @@ pub trait KeyProvider: Send + Sync + Debug {
         let _ = (reference, algorithm);
         Err(ProviderError::NotSupported(
             "this provider cannot adopt existing keys",
+        ))
+    }
+
+    /// Hands out the private key behind `handle`, so that Custos can place the same key in the other
+    /// providers of a chain and back it up encrypted. Only providers whose keys may leave them (the
+    /// software keystore inside a TEE, an HSM allowing wrapped export) implement this.
+    async fn export(&self, handle: &KeyHandle) -> Result<PrivateKey, ProviderError> {
+        let _ = handle;
+        Err(ProviderError::NotSupported(
+            "this provider's keys cannot leave it",
+        ))
+    }
+
+    /// Takes in a private key generated elsewhere (PKCS#11 create object, KMS import of key material).
+    async fn import(&self, key: &PrivateKey, label: &str) -> Result<GeneratedKey, ProviderError> {
+        let _ = (key, label);
+        Err(ProviderError::NotSupported(
+            "this provider cannot import key material",
         ))
     }
 

@@ -32,6 +32,9 @@ pub enum TypesError {
     /// Public key bytes that do not decode to a valid point for the algorithm.
     #[error("invalid {0} public key")]
     InvalidPublicKey(crate::Algorithm),
+    /// Private key bytes that are not a valid key for the algorithm.
+    #[error("invalid {0} private key")]
+    InvalidPrivateKey(crate::Algorithm),
     /// Signature bytes that do not decode (wrong length, bad DER, out-of-range scalars).
     #[error("malformed {0} signature")]
     MalformedSignature(crate::Algorithm),

@@ -2,12 +2,14 @@
 //!
 //! Everything here is a plain value. The only behaviour is pure computation on those values: validating
 //! names, hashing messages, checking and normalising signatures, and encoding public keys (PEM and chain
-//! addresses). Every multi-byte value has an explicit byte order; nothing depends on the host's.
+//! addresses), and signing with a private key held in memory (zeroized on drop). Every multi-byte value
+//! has an explicit byte order; nothing depends on the host's.
 
 mod address;
 mod algorithm;
 mod error;
 mod name;
+mod private_key;
 mod public_key;
 mod signature;
 mod version;
@@ -16,6 +18,7 @@ pub use address::{ethereum_address, solana_address};
 pub use algorithm::{Algorithm, HashAlgorithm, SignatureFormat};
 pub use error::TypesError;
 pub use name::{KeyHandle, KeyName, ProviderName};
+pub use private_key::PrivateKey;
 pub use public_key::{ecdsa_der_to_raw, PublicKey};
 pub use signature::{SignPayload, Signature, DIGEST_LEN};
 pub use version::{KeyVersion, VersionState};

@@ -1,0 +1,119 @@
+//! The in-memory provider: keys that exist only in this process and are never written anywhere.
+//!
+//! Emergency mode signs with such a key when every provider of a chain is down: a restart forgets it,
+//! which is the point: an emergency key is a short-lived, separate identity, never a copy of the real one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use custos_provider::{
+    signing_input, Capabilities, GeneratedKey, KeyProvider, ProviderError, ProviderHealth,
+};
+use custos_types::{Algorithm, KeyHandle, PrivateKey, ProviderName, PublicKey, SignPayload};
+use rand_core::{OsRng, RngCore as _};
+
+/// A provider whose keys live in process memory only.
+#[derive(Debug)]
+pub struct MemoryProvider {
+    name: ProviderName,
+    keys: RwLock<HashMap<KeyHandle, Arc<PrivateKey>>>,
+}
+
+impl MemoryProvider {
+    /// An empty provider called `name`.
+    pub fn new(name: ProviderName) -> MemoryProvider {
+        MemoryProvider {
+            name,
+            keys: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn key(&self, handle: &KeyHandle) -> Result<Arc<PrivateKey>, ProviderError> {
+        self.keys
+            .read()
+            .map_err(|_| ProviderError::Unavailable("key map lock poisoned".into()))?
+            .get(handle)
+            .cloned()
+            .ok_or_else(|| ProviderError::UnknownKey(handle.clone()))
+    }
+}
+
+#[async_trait]
+impl KeyProvider for MemoryProvider {
+    fn name(&self) -> &ProviderName {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            algorithms: Algorithm::ALL.to_vec(),
+            exportable: false,
+            import: false,
+        }
+    }
+
+    async fn generate(
+        &self,
+        algorithm: Algorithm,
+        _label: &str,
+    ) -> Result<GeneratedKey, ProviderError> {
+        let key = PrivateKey::generate(algorithm);
+        let mut id = [0u8; 16];
+        OsRng.fill_bytes(&mut id);
+        let handle = KeyHandle::new(format!("memory-{}", hex::encode(id)));
+        let public_key = key.public_key();
+        self.keys
+            .write()
+            .map_err(|_| ProviderError::Unavailable("key map lock poisoned".into()))?
+            .insert(handle.clone(), Arc::new(key));
+        Ok(GeneratedKey { handle, public_key })
+    }
+
+    async fn public_key(&self, handle: &KeyHandle) -> Result<PublicKey, ProviderError> {
+        Ok(self.key(handle)?.public_key())
+    }
+
+    async fn sign(
+        &self,
+        handle: &KeyHandle,
+        algorithm: Algorithm,
+        payload: &SignPayload,
+    ) -> Result<Vec<u8>, ProviderError> {
+        let key = self.key(handle)?;
+        if key.algorithm() != algorithm {
+            return Err(ProviderError::UnsupportedAlgorithm(algorithm));
+        }
+        signing_input(algorithm, payload)?;
+        key.sign(payload)
+            .map_err(|_| ProviderError::InvalidPayload("ECDSA signing failed"))
+    }
+
+    async fn health(&self) -> ProviderHealth {
+        ProviderHealth::ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance_suite() {
+        let name = ProviderName::new("emergency").unwrap();
+        // Memory cannot become unreachable; the unavailable twin is the fault-injecting wrapper.
+        let down = custos_provider::fault::FaultyProvider::new(Arc::new(MemoryProvider::new(
+            name.clone(),
+        )));
+        down.set(custos_provider::fault::Fault::Unavailable);
+        custos_provider::conformance::run(custos_provider::conformance::Harness::new(
+            Arc::new(MemoryProvider::new(name)),
+            down,
+        ))
+        .await;
+    }
+}
