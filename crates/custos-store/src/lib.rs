@@ -1,7 +1,8 @@
 //! The Custos `Store` trait: the only way Custos reads or writes state; SQLite is the embedded default.
 //!
 //! Keys, their versions and where each version lives; API tokens (hashes only); sealed key material of the
-//! software provider; small named settings; the audit log and its checkpoints. Every write that touches
+//! software provider; small named settings; the audit log and its checkpoints; the equivocation guard's
+//! watermarks; leases that let one of several processes do scheduled work. Every write that touches
 //! more than one row is one transaction.
 
 mod error;
@@ -76,6 +77,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Writes a named setting only if it does not exist yet; returns whether it was written.
     async fn put_setting_if_absent(&self, name: &str, value: &[u8]) -> Result<bool, StoreError>;
 
+    /// Writes a named setting, replacing any earlier value.
+    async fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
+
+    /// Removes a named setting (nothing happens if there is none).
+    async fn delete_setting(&self, name: &str) -> Result<(), StoreError>;
+
+    /// Every setting whose name starts with `prefix`, ordered by name.
+    async fn list_settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Takes or renews the lease `name` for `holder` until `until`; succeeds only if the lease is free,
+    /// expired at `now`, or already held by `holder`. Returns whether `holder` now holds it.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError>;
+
     /// Marks a token revoked at `at`. [`StoreError::NotFound`] if there is no such token.
     async fn revoke_token(&self, id: &str, at: Timestamp) -> Result<(), StoreError>;
 
@@ -91,7 +111,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Durably raises a key's watermark; [`StoreError::Conflict`] unless `mark.sequence` is above the
     /// stored one (a compare-and-set in one transaction).
-    async fn advance_watermark(&self, key: &KeyName, mark: &Watermark) -> Result<(), StoreError>;
+    async fn advance_watermark(&self, key: &KeyName, mark: &Watermark) -> Result<(), StoreError> {
+        let advanced = self
+            .advance_watermarks(&[(key.clone(), mark.clone())])
+            .await?;
+        if advanced.first() == Some(&true) {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(format!(
+                "key {key} has signed sequence {} or above",
+                mark.sequence
+            )))
+        }
+    }
+
+    /// Raises many watermarks in one transaction (one fsync), each a compare-and-set: the answer says, per
+    /// mark in order, whether it was above the stored one and was written. Marks for the same key apply
+    /// in order.
+    async fn advance_watermarks(
+        &self,
+        marks: &[(KeyName, Watermark)],
+    ) -> Result<Vec<bool>, StoreError>;
 
     /// The audit chain's head (sequence number and hash of the last record).
     async fn audit_head(&self) -> Result<Head, StoreError>;

@@ -100,6 +100,13 @@ CREATE TABLE sign_watermarks (
     signature    BLOB NOT NULL               -- the 64-byte signature released for it
 );
 "#,
+    r#"
+CREATE TABLE leases (
+    name        TEXT PRIMARY KEY,
+    holder      TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL              -- Unix milliseconds
+);
+"#,
 ];
 
 /// The embedded SQLite store.
@@ -798,34 +805,104 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn advance_watermark(&self, key: &KeyName, mark: &Watermark) -> Result<(), StoreError> {
-        let (key, mark) = (key.clone(), mark.clone());
+    async fn advance_watermarks(
+        &self,
+        marks: &[(KeyName, Watermark)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let marks = marks.to_vec();
         self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let current: Option<i64> = tx
-                .query_row("SELECT sequence FROM sign_watermarks WHERE key_name = ?1", [key.as_str()], |row| row.get(0))
-                .optional()?;
-            let sequence = i64::try_from(mark.sequence).map_err(|_| StoreError::Conflict("sequence above 2^63-1".into()))?;
-            if let Some(current) = current {
-                if current >= sequence {
-                    return Err(StoreError::Conflict(format!("key {key} has signed sequence {current}")));
+            let mut advanced = Vec::with_capacity(marks.len());
+            for (key, mark) in &marks {
+                let Ok(sequence) = i64::try_from(mark.sequence) else {
+                    advanced.push(false);
+                    continue;
+                };
+                let current: Option<i64> = tx
+                    .query_row(
+                        "SELECT sequence FROM sign_watermarks WHERE key_name = ?1",
+                        [key.as_str()],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                if current.is_some_and(|current| current >= sequence) {
+                    advanced.push(false);
+                    continue;
                 }
+                tx.execute(
+                    "INSERT INTO sign_watermarks (key_name, sequence, payload_hash, version, provider, signature)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(key_name) DO UPDATE SET sequence = ?2, payload_hash = ?3, version = ?4, provider = ?5, signature = ?6",
+                    params![
+                        key.as_str(),
+                        sequence,
+                        mark.payload_hash.as_slice(),
+                        mark.version.0,
+                        mark.provider.as_str(),
+                        mark.signature
+                    ],
+                )?;
+                advanced.push(true);
             }
-            tx.execute(
-                "INSERT INTO sign_watermarks (key_name, sequence, payload_hash, version, provider, signature)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT(key_name) DO UPDATE SET sequence = ?2, payload_hash = ?3, version = ?4, provider = ?5, signature = ?6",
-                params![
-                    key.as_str(),
-                    sequence,
-                    mark.payload_hash.as_slice(),
-                    mark.version.0,
-                    mark.provider.as_str(),
-                    mark.signature
-                ],
-            )?;
             tx.commit()?;
+            Ok(advanced)
+        })
+        .await
+    }
+
+    async fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        let (name, value) = (name.to_owned(), value.to_vec());
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT INTO settings (name, value) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET value = ?2",
+                params![name, value],
+            )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn delete_setting(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.run(move |conn| {
+            conn.execute("DELETE FROM settings WHERE name = ?1", [name])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_settings(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let prefix = prefix.to_owned();
+        self.run(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT name, value FROM settings WHERE substr(name, 1, length(?1)) = ?1 ORDER BY name",
+            )?;
+            let rows = stmt
+                .query_map([prefix], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        let (now, until) = (now.as_millisecond(), until.as_millisecond());
+        self.run(move |conn| {
+            let changed = conn.execute(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?4)
+                 ON CONFLICT(name) DO UPDATE SET holder = ?2, expires_at = ?4
+                 WHERE leases.holder = ?2 OR leases.expires_at <= ?3",
+                params![name, holder, now, until],
+            )?;
+            Ok(changed == 1)
         })
         .await
     }
@@ -1085,6 +1162,41 @@ mod tests {
         assert!(store.put_setting_if_absent("x", b"1").await.unwrap());
         assert!(!store.put_setting_if_absent("x", b"2").await.unwrap());
         assert_eq!(store.get_setting("x").await.unwrap().unwrap(), b"1");
+        store.put_setting("x", b"3").await.unwrap();
+        store.put_setting("x:a", b"4").await.unwrap();
+        store.put_setting("y", b"5").await.unwrap();
+        assert_eq!(
+            store.list_settings("x").await.unwrap(),
+            vec![
+                ("x".to_owned(), b"3".to_vec()),
+                ("x:a".to_owned(), b"4".to_vec())
+            ]
+        );
+        store.delete_setting("x").await.unwrap();
+        assert_eq!(store.get_setting("x").await.unwrap(), None);
+        // Leases: one holder at a time until expiry; the holder renews.
+        let t0 = Timestamp::from_second(1_000).unwrap();
+        let later = |s: i64| Timestamp::from_second(1_000 + s).unwrap();
+        assert!(store
+            .acquire_lease("rot", "a", t0, later(30))
+            .await
+            .unwrap());
+        assert!(!store
+            .acquire_lease("rot", "b", later(10), later(40))
+            .await
+            .unwrap());
+        assert!(store
+            .acquire_lease("rot", "a", later(10), later(40))
+            .await
+            .unwrap());
+        assert!(store
+            .acquire_lease("rot", "b", later(40), later(70))
+            .await
+            .unwrap());
+        assert!(!store
+            .acquire_lease("rot", "a", later(41), later(71))
+            .await
+            .unwrap());
         let provider = ProviderName::new("soft").unwrap();
         let sealed = SealedKey {
             provider: provider.clone(),
