@@ -65,9 +65,9 @@ pub mod codes {
             "the provider cannot hold keys of this algorithm",
         ),
         (
-            "chain_not_supported",
+            "chain_cannot_share",
             400,
-            "several providers per key are not supported yet",
+            "the providers of the chain cannot hold the same key (one must export, the others import)",
         ),
         ("empty_message", 400, "the message is empty"),
         ("empty_batch", 400, "the batch has no items"),
@@ -129,6 +129,11 @@ pub mod codes {
             "provider_unavailable",
             503,
             "no provider could serve the request; retry later",
+        ),
+        (
+            "emergency_restricted",
+            503,
+            "every provider failed and emergency mode may not sign (off for the operation, or its limits reached)",
         ),
     ];
 }

@@ -89,6 +89,10 @@ pub enum CoreError {
     /// No provider could serve the request; retrying later can help. The detail is internal.
     #[error("{0}")]
     Unavailable(String),
+    /// Every provider failed and emergency mode could not sign: off for this operation, or its limits
+    /// reached.
+    #[error("{0}")]
+    EmergencyRefused(String),
     /// The audit log cannot be written, so the operation was refused (fail closed; retryable).
     #[error("audit log unavailable: {0}")]
     AuditUnavailable(String),
@@ -117,6 +121,7 @@ impl CoreError {
             CoreError::Unauthenticated => "unauthenticated",
             CoreError::Forbidden(_) => "forbidden",
             CoreError::Unavailable(_) => "provider_unavailable",
+            CoreError::EmergencyRefused(_) => "emergency_restricted",
             CoreError::AuditUnavailable(_) => "audit_unavailable",
             CoreError::Internal(_) => "internal",
         }
@@ -133,7 +138,9 @@ impl CoreError {
             | CoreError::Equivocation { .. } => ErrorKind::Conflict,
             CoreError::Unauthenticated => ErrorKind::Unauthenticated,
             CoreError::Forbidden(_) => ErrorKind::Forbidden,
-            CoreError::Unavailable(_) | CoreError::AuditUnavailable(_) => ErrorKind::Unavailable,
+            CoreError::Unavailable(_)
+            | CoreError::EmergencyRefused(_)
+            | CoreError::AuditUnavailable(_) => ErrorKind::Unavailable,
             CoreError::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -7,16 +7,24 @@
 
 mod access;
 mod audit;
+mod cache;
 mod context;
+mod emergency;
 mod error;
+mod events;
+mod failover;
+mod guard;
 mod manager;
 mod metrics;
 
 pub use access::{Access, IssuedToken, Operation, Principal, Scope};
 pub use audit::{AuditConfig, AuditLog, AuditSink};
 pub use context::RequestContext;
+pub use emergency::EMERGENCY_PROVIDER;
 pub use error::{CoreError, ErrorKind};
+pub use events::{signature_header, Event, Events, Webhook};
+pub use failover::{CircuitState, CircuitView, EmergencyConfig, FailoverConfig};
 pub use manager::{
-    KeyManager, Limits, SignInput, SignOutcome, SignRequest, VerifyOutcome, VerifyRequest,
+    KeyManager, Limits, SignInput, DEFAULT_CACHE_SIZE, SignOutcome, SignRequest, VerifyOutcome, VerifyRequest,
 };
 pub use metrics::Metrics;

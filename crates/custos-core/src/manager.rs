@@ -1,9 +1,11 @@
 //! The key manager: the in-memory key registry and the sign, verify, create and rotate paths.
 //!
 //! The sign path, in order: find the key and the version; build the exact bytes to sign (the message for
-//! Ed25519, its digest for ECDSA); ask each provider holding the version, in chain order, moving on only
-//! when a provider's error is retryable; verify the provider's signature against the version's public key
-//! and normalise it; return it with the version and provider that made it.
+//! Ed25519, its digest for ECDSA); look in the signature cache; ask each provider holding the version, in
+//! chain order, skipping providers whose circuit is open, retrying retryable errors within the configured
+//! budget and moving on after it; verify the provider's signature against the version's public key and
+//! normalise it; when every provider failed and emergency mode is on, sign with the emergency key; return
+//! the signature with the version and provider that made it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -16,8 +18,15 @@ use custos_types::{
 };
 use sha2::Digest as _;
 
-use crate::{AuditLog, CoreError, Metrics, RequestContext};
+use crate::cache::SignatureCache;
+use crate::emergency::{Emergency, EMERGENCY_PROVIDER};
+use crate::failover::{CircuitView, Circuits};
+use crate::guard::WatermarkWriter;
+use crate::{AuditLog, CoreError, Event, Events, FailoverConfig, Metrics, RequestContext};
 use custos_audit::{AuditEntry, Outcome};
+
+/// Signatures cached unless configured otherwise.
+pub const DEFAULT_CACHE_SIZE: usize = 10_000;
 
 /// Size limits applied to every request, whatever the front end.
 #[derive(Debug, Clone, Copy)]
@@ -83,12 +92,23 @@ pub struct SignRequest {
 /// A verified signature and where it came from.
 #[derive(Debug, Clone)]
 pub struct SignOutcome {
-    /// The version that signed.
+    /// The version that signed (for an emergency signature: the version asked for).
     pub version: KeyVersion,
     /// The provider that signed.
     pub provider: ProviderName,
     /// The verified, normalised signature.
     pub signature: Signature,
+    /// Set when every provider failed and an emergency key signed: its public key, which is not the
+    /// key's own. Such a signature does not verify under any version of the key.
+    pub emergency: Option<custos_types::PublicKey>,
+}
+
+/// The parts of a key the emergency path needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyView<'a> {
+    pub name: &'a KeyName,
+    pub algorithm: Algorithm,
+    pub version: KeyVersion,
 }
 
 /// One verification request.
@@ -126,8 +146,16 @@ pub struct KeyManager {
     limits: Limits,
     audit: Arc<AuditLog>,
     metrics: Arc<Metrics>,
-    /// Serialises guarded (sequenced) signing per key.
-    guards: std::sync::Mutex<HashMap<KeyName, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per key: the guard's watermark as last checked or written (`None`: not loaded yet); the lock
+    /// serialises guarded (sequenced) signing of the key.
+    guards: std::sync::Mutex<HashMap<KeyName, Arc<tokio::sync::Mutex<Option<Option<Watermark>>>>>>,
+    watermarks: WatermarkWriter,
+    circuits: Circuits,
+    emergency: Option<Emergency>,
+    cache: Option<SignatureCache>,
+    events: Events,
+    /// Per key, the chain position that signed last, to notice failovers and failbacks.
+    last_position: std::sync::Mutex<HashMap<KeyName, usize>>,
 }
 
 impl std::fmt::Debug for KeyManager {
@@ -191,14 +219,19 @@ impl KeyManager {
             }
             keys.insert(key.name.clone(), Arc::new(key));
         }
-        for name in providers.keys() {
-            // No breaker opens before failover exists: every circuit starts, and stays, closed.
-            metrics
-                .circuit_state
-                .with_label_values(&[name.as_str()])
-                .set(0);
+        if providers.keys().any(|p| p.as_str() == EMERGENCY_PROVIDER) {
+            return Err(CoreError::Internal(format!(
+                "the provider name {EMERGENCY_PROVIDER} is reserved for emergency mode"
+            )));
         }
+        let circuits = Circuits::new(FailoverConfig::default(), providers.keys(), &metrics);
         Ok(KeyManager {
+            watermarks: WatermarkWriter::start(Arc::clone(&store)),
+            circuits,
+            emergency: None,
+            cache: SignatureCache::new(DEFAULT_CACHE_SIZE),
+            events: Events::none(),
+            last_position: std::sync::Mutex::new(HashMap::new()),
             store,
             providers,
             default_provider,
@@ -209,6 +242,53 @@ impl KeyManager {
             metrics,
             guards: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Sets the failover behaviour; `emergency_provider` (an in-memory provider) signs in emergency mode
+    /// when the configuration turns it on.
+    pub fn with_failover(
+        mut self,
+        config: FailoverConfig,
+        emergency_provider: Arc<dyn KeyProvider>,
+    ) -> KeyManager {
+        self.emergency = config
+            .emergency
+            .enabled
+            .then(|| Emergency::new(config.emergency.clone(), emergency_provider));
+        self.circuits = Circuits::new(config, self.providers.keys(), &self.metrics);
+        self
+    }
+
+    /// Sets the signature cache size (0 turns caching off).
+    pub fn with_cache(mut self, max_entries: usize) -> KeyManager {
+        self.cache = SignatureCache::new(max_entries);
+        self
+    }
+
+    /// Sends events (provider switches, emergency signatures, rotations) to `events`.
+    pub fn with_events(mut self, events: Events) -> KeyManager {
+        self.events = events;
+        self
+    }
+
+    /// The event queue.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// The failover settings in force.
+    pub fn failover_config(&self) -> &FailoverConfig {
+        self.circuits.config()
+    }
+
+    /// One provider's circuit breaker, for operators.
+    pub fn circuit(&self, provider: &ProviderName) -> Option<CircuitView> {
+        self.circuits.view(provider)
+    }
+
+    /// Signatures in the cache now.
+    pub fn cached_signatures(&self) -> usize {
+        self.cache.as_ref().map_or(0, SignatureCache::len)
     }
 
     /// The configured limits.
@@ -273,13 +353,6 @@ impl KeyManager {
         } else {
             chain
         };
-        if chain.len() > 1 {
-            return Err(CoreError::bad(
-                "chain_not_supported",
-                "a key held by several providers needs key sharing between them, which this build \
-                 does not do yet; give one provider",
-            ));
-        }
         for name in &chain {
             let provider = self.providers.get(name).ok_or_else(|| {
                 CoreError::bad(
@@ -301,10 +374,51 @@ impl KeyManager {
                 ));
             }
         }
+        if chain.len() > 1 {
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(twice) = chain.iter().find(|p| !seen.insert(*p)) {
+                return Err(CoreError::bad(
+                    "chain_cannot_share",
+                    format!("provider {twice} appears twice in the chain"),
+                ));
+            }
+            let source = self.share_source(&chain).ok_or_else(|| {
+                CoreError::bad(
+                    "chain_cannot_share",
+                    "the providers of a chain must hold the same key, so one of them must let the key \
+                     leave it (the software keystore does; HSM and KMS keys do not): put a soft \
+                     provider in the chain",
+                )
+            })?;
+            if let Some(refuses) = chain
+                .iter()
+                .filter(|p| *p != source)
+                .find(|p| !self.providers[*p].capabilities().import)
+            {
+                return Err(CoreError::bad(
+                    "chain_cannot_share",
+                    format!(
+                        "provider {refuses} cannot import key material, so it cannot hold the same \
+                         key as {source}; leave it out of the chain"
+                    ),
+                ));
+            }
+        }
         Ok(chain)
     }
 
-    /// Generates a new version of a key in every provider of its chain.
+    /// The provider of a chain that generates a shared key: the first whose keys can be exported.
+    fn share_source<'a>(&self, chain: &'a [ProviderName]) -> Option<&'a ProviderName> {
+        chain.iter().find(|p| {
+            self.providers
+                .get(*p)
+                .is_some_and(|p| p.capabilities().exportable)
+        })
+    }
+
+    /// Generates a new version of a key in every provider of its chain: a single provider generates it;
+    /// in a longer chain the first exportable provider generates it and every other imports it, and each
+    /// copy's public key must be the same.
     async fn new_version(
         &self,
         name: &KeyName,
@@ -312,27 +426,47 @@ impl KeyManager {
         chain: &[ProviderName],
         version: KeyVersion,
     ) -> Result<VersionRecord, CoreError> {
-        let mut locations = Vec::with_capacity(chain.len());
-        let mut public_key = None;
-        for provider_name in chain {
-            let provider = self.providers.get(provider_name).ok_or_else(|| {
-                CoreError::Unavailable(format!("provider {provider_name} is not configured"))
-            })?;
-            let generated = provider
-                .generate(algorithm, &format!("custos:{name}:v{version}"))
-                .await?;
-            public_key.get_or_insert(generated.public_key);
-            locations.push(Location {
-                provider: provider_name.clone(),
-                handle: generated.handle,
-            });
+        let label = format!("custos:{name}:v{version}");
+        let provider = |p: &ProviderName| {
+            self.providers
+                .get(p)
+                .cloned()
+                .ok_or_else(|| CoreError::Unavailable(format!("provider {p} is not configured")))
+        };
+        let source = if chain.len() == 1 {
+            &chain[0]
+        } else {
+            self.share_source(chain).ok_or_else(|| {
+                CoreError::bad("chain_cannot_share", "no provider of the chain can export keys")
+            })?
+        };
+        let generated = provider(source)?.generate(algorithm, &label).await?;
+        let mut handles = BTreeMap::from([(source.clone(), generated.handle.clone())]);
+        if chain.len() > 1 {
+            let secret = provider(source)?.export(&generated.handle).await?;
+            for member in chain.iter().filter(|p| *p != source) {
+                let imported = provider(member)?.import(&secret, &label).await?;
+                if imported.public_key != generated.public_key {
+                    return Err(CoreError::Internal(format!(
+                        "provider {member} imported the key as a different public key"
+                    )));
+                }
+                handles.insert(member.clone(), imported.handle);
+            }
         }
-        let public_key =
-            public_key.ok_or_else(|| CoreError::Internal("empty provider chain".into()))?;
+        let locations = chain
+            .iter()
+            .filter_map(|p| {
+                handles.remove(p).map(|handle| Location {
+                    provider: p.clone(),
+                    handle,
+                })
+            })
+            .collect();
         Ok(VersionRecord {
             version,
             state: VersionState::Current,
-            public_key,
+            public_key: generated.public_key,
             created_at: Timestamp::now(),
             locations,
         })
@@ -549,21 +683,68 @@ impl KeyManager {
         &self,
         key: &KeyRecord,
         request: &SignRequest,
+        operation: &'static str,
     ) -> Result<SignOutcome, CoreError> {
         let payload = self.payload(key.algorithm, &request.input, request.hash)?;
-        self.sign_payload(key, request.version, &payload).await
+        let Some(cache) = &self.cache else {
+            return self
+                .sign_payload(key, request.version, &payload, operation)
+                .await;
+        };
+        let version = Self::signing_version(key, request.version)?.version;
+        let cache_key = (
+            key.name.clone(),
+            version,
+            sha2::Sha256::digest(payload.as_bytes()).into(),
+        );
+        let slot = cache.slot(cache_key.clone());
+        let mut signed_here = None;
+        let result = slot
+            .get_or_try_init(|| async {
+                let outcome = self
+                    .sign_payload(key, Some(version), &payload, operation)
+                    .await?;
+                if outcome.emergency.is_some() {
+                    // Not cached: an emergency key is not the key's identity.
+                    signed_here = Some(outcome);
+                    return Err(None);
+                }
+                Ok(outcome)
+            })
+            .await;
+        match (result, signed_here) {
+            (Ok(outcome), None) => {
+                self.metrics.cache_hits.inc();
+                Ok(outcome.clone())
+            }
+            (Ok(outcome), Some(_)) => Ok(outcome.clone()),
+            (Err(None::<CoreError>), Some(outcome)) => {
+                cache.forget(&cache_key);
+                Ok(outcome)
+            }
+            (Err(err), _) => {
+                cache.forget(&cache_key);
+                Err(err.unwrap_or_else(|| CoreError::Internal("cache slot".into())))
+            }
+        }
     }
 
-    /// Signs bytes already prepared by [`KeyManager::payload`] with the requested (or current) version.
+    /// Signs bytes already prepared by [`KeyManager::payload`] with the requested (or current) version,
+    /// along the provider chain (see the module documentation).
     async fn sign_payload(
         &self,
         key: &KeyRecord,
         version: Option<KeyVersion>,
         payload: &SignPayload,
+        operation: &'static str,
     ) -> Result<SignOutcome, CoreError> {
         let version = Self::signing_version(key, version)?;
+        if self.cache.is_some() {
+            self.metrics.cache_misses.inc();
+        }
+        let timeout = std::time::Duration::from_millis(self.circuits.config().provider_timeout_ms);
         let mut last = None;
-        for location in &version.locations {
+        for (position, location) in version.locations.iter().enumerate() {
             let Some(provider) = self.providers.get(&location.provider) else {
                 last = Some(CoreError::Unavailable(format!(
                     "provider {} is not configured",
@@ -571,46 +752,131 @@ impl KeyManager {
                 )));
                 continue;
             };
-            let started = std::time::Instant::now();
-            let signed = provider
-                .sign(&location.handle, key.algorithm, payload)
-                .await;
-            self.metrics
-                .sign_seconds
-                .with_label_values(&[location.provider.as_str(), key.algorithm.as_str()])
-                .observe(started.elapsed().as_secs_f64());
-            match signed {
-                Ok(raw) => match version
-                    .public_key
-                    .verify(payload, &raw, SignatureFormat::Raw)
-                {
-                    Ok(signature) => {
-                        return Ok(SignOutcome {
-                            version: version.version,
-                            provider: location.provider.clone(),
-                            signature,
-                        })
-                    }
-                    Err(err) => {
-                        tracing::error!(key = %key.name, version = %version.version,
-                            provider = %location.provider, error = %err,
-                            "provider returned a signature that does not verify");
-                        last = Some(CoreError::Internal(format!(
-                            "provider {} returned a bad signature",
-                            location.provider
-                        )));
-                    }
-                },
-                Err(err) if err.is_retryable() => {
-                    tracing::warn!(key = %key.name, provider = %location.provider, error = %err,
-                        "provider failed; trying the next in the chain");
-                    self.metrics.failovers.inc();
-                    last = Some(err.into());
+            if !self.circuits.allow(&location.provider, &self.metrics) {
+                last = Some(CoreError::Unavailable(format!(
+                    "provider {}'s circuit is open",
+                    location.provider
+                )));
+                continue;
+            }
+            let (attempts, pause) = self.circuits.config().attempts(position);
+            for attempt in 0..attempts {
+                if attempt > 0 {
+                    tokio::time::sleep(pause).await;
                 }
-                Err(err) => return Err(err.into()),
+                let started = std::time::Instant::now();
+                let signed = tokio::time::timeout(
+                    timeout,
+                    provider.sign(&location.handle, key.algorithm, payload),
+                )
+                .await
+                .unwrap_or(Err(ProviderError::Timeout));
+                self.metrics
+                    .sign_seconds
+                    .with_label_values(&[location.provider.as_str(), key.algorithm.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+                let err = match signed {
+                    Ok(raw) => match version
+                        .public_key
+                        .verify(payload, &raw, SignatureFormat::Raw)
+                    {
+                        Ok(signature) => {
+                            self.circuits.success(&location.provider, &self.metrics);
+                            self.note_position(&key.name, position, &location.provider);
+                            return Ok(SignOutcome {
+                                version: version.version,
+                                provider: location.provider.clone(),
+                                signature,
+                                emergency: None,
+                            });
+                        }
+                        Err(err) => {
+                            tracing::error!(key = %key.name, version = %version.version,
+                                provider = %location.provider, error = %err,
+                                "provider returned a signature that does not verify");
+                            ProviderError::Unavailable("returned a bad signature".into())
+                        }
+                    },
+                    Err(err) if err.is_retryable() => err,
+                    Err(err) => {
+                        // The provider answered: it is reachable, and the error is not one that
+                        // another attempt or another provider would fix.
+                        self.circuits.success(&location.provider, &self.metrics);
+                        return Err(err.into());
+                    }
+                };
+                tracing::warn!(key = %key.name, provider = %location.provider, attempt, error = %err,
+                    "provider failed");
+                let open = self
+                    .circuits
+                    .failure(&location.provider, &err.to_string(), &self.metrics);
+                last = Some(err.into());
+                if open {
+                    break;
+                }
             }
         }
-        Err(last.unwrap_or_else(|| CoreError::Internal("version has no locations".into())))
+        let last =
+            last.unwrap_or_else(|| CoreError::Internal("version has no locations".into()));
+        let Some(emergency) = &self.emergency else {
+            return Err(last);
+        };
+        let view = KeyView {
+            name: &key.name,
+            algorithm: key.algorithm,
+            version: version.version,
+        };
+        let (outcome, state) = emergency
+            .sign(self.store.as_ref(), &view, payload, operation)
+            .await?;
+        self.metrics.emergency_signatures.inc();
+        if let Some(public_key) = &outcome.emergency {
+            tracing::warn!(key = %key.name, count = state.count, "EMERGENCY SIGNATURE");
+            self.events.emit(Event::EmergencySignature {
+                key: key.name.to_string(),
+                emergency_public_key: hex::encode(public_key.as_bytes()),
+                count: state.count,
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// Notices a switch of a key's signing to another chain position: logged, counted, sent as an event.
+    fn note_position(&self, key: &KeyName, position: usize, provider: &ProviderName) {
+        let previous = {
+            let mut last = self
+                .last_position
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            last.insert(key.clone(), position)
+        };
+        let Some(previous) = previous.filter(|p| *p != position) else {
+            return;
+        };
+        let direction = if position > previous {
+            "failover"
+        } else {
+            "failback"
+        };
+        let from = self
+            .key(key)
+            .ok()
+            .and_then(|k| k.providers.get(previous).cloned())
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        tracing::warn!(key = %key, %from, to = %provider, direction, "provider switch");
+        if position > previous {
+            self.metrics.failovers.inc();
+        } else {
+            self.metrics.failbacks.inc();
+        }
+        self.circuits.switched_to(provider);
+        self.events.emit(Event::ProviderSwitch {
+            key: key.to_string(),
+            from,
+            to: provider.to_string(),
+            direction: direction.into(),
+        });
     }
 
     async fn sign_unaudited(
@@ -620,13 +886,14 @@ impl KeyManager {
     ) -> Result<SignOutcome, CoreError> {
         let key = self.key(name)?;
         match request.sequence {
-            None => self.sign_one(&key, request).await,
+            None => self.sign_one(&key, request, "sign").await,
             Some(sequence) => self.sign_guarded(&key, request, sequence).await,
         }
     }
 
     /// The equivocation guard: at most one payload per sequence, never below the watermark, and the
-    /// watermark durably advanced before the signature is released.
+    /// watermark durably advanced before the signature is released. The key's lock covers the check and
+    /// the signing; the durable write is grouped with other keys' and requests' writes (see `guard`).
     async fn sign_guarded(
         &self,
         key: &KeyRecord,
@@ -637,7 +904,6 @@ impl KeyManager {
             let mut guards = self.guards.lock().map_err(|_| poisoned())?;
             Arc::clone(guards.entry(key.name.clone()).or_default())
         };
-        let _held = lock.lock().await;
         let payload = self.payload(key.algorithm, &request.input, request.hash)?;
         let payload_hash: [u8; 32] = sha2::Sha256::digest(payload.as_bytes()).into();
         let equivocation = |signed: u64| CoreError::Equivocation {
@@ -645,44 +911,99 @@ impl KeyManager {
             sequence,
             signed,
         };
-        if let Some(mark) = self.store.watermark(&key.name).await? {
-            if sequence < mark.sequence
-                || (sequence == mark.sequence && mark.payload_hash != payload_hash)
-            {
-                return Err(equivocation(mark.sequence));
+        let (outcome, durable) = {
+            let mut held = lock.lock().await;
+            if held.is_none() {
+                *held = Some(self.store.watermark(&key.name).await?);
             }
-            if sequence == mark.sequence {
-                // The same payload again: the same signature, checked again before it is returned.
-                let version = key.version(mark.version).ok_or_else(|| {
-                    CoreError::Internal("watermark names a missing version".into())
-                })?;
-                let signature =
-                    version
-                        .public_key
-                        .verify(&payload, &mark.signature, SignatureFormat::Raw)?;
-                return Ok(SignOutcome {
-                    version: mark.version,
-                    provider: mark.provider,
-                    signature,
-                });
+            if let Some(Some(mark)) = held.as_ref() {
+                if sequence < mark.sequence
+                    || (sequence == mark.sequence && mark.payload_hash != payload_hash)
+                {
+                    return Err(equivocation(mark.sequence));
+                }
+                if sequence == mark.sequence {
+                    drop(held);
+                    return self.replay(key, sequence, payload_hash, &payload).await;
+                }
             }
-        }
-        let outcome = self.sign_payload(key, request.version, &payload).await?;
-        let mark = Watermark {
-            sequence,
-            payload_hash,
-            version: outcome.version,
-            provider: outcome.provider.clone(),
-            signature: outcome.signature.raw().to_vec(),
+            let outcome = self
+                .sign_payload(key, request.version, &payload, "sign")
+                .await?;
+            let mark = Watermark {
+                sequence,
+                payload_hash,
+                version: outcome.version,
+                provider: outcome.provider.clone(),
+                signature: outcome.signature.raw().to_vec(),
+            };
+            let durable = self.watermarks.advance(key.name.clone(), mark.clone()).await?;
+            *held = Some(Some(mark));
+            (outcome, durable)
         };
-        match self.store.advance_watermark(&key.name, &mark).await {
-            Err(StoreError::Conflict(_)) => Err(equivocation(sequence)),
-            other => other.map(|()| outcome).map_err(CoreError::from),
+        let written = durable
+            .await
+            .unwrap_or_else(|_| Err("the watermark writer stopped".into()));
+        match written {
+            Ok(true) => Ok(outcome),
+            failed => {
+                // What is in memory may be ahead of the store: read it again next time.
+                *lock.lock().await = None;
+                match failed {
+                    Ok(_) => Err(equivocation(sequence)),
+                    Err(e) => Err(CoreError::Unavailable(format!(
+                        "cannot record the signed sequence: {e}"
+                    ))),
+                }
+            }
         }
     }
 
-    async fn sign_batch_unaudited(
+    /// The same payload at the signed sequence: once the watermark is durable, the stored signature,
+    /// checked again before it is returned.
+    async fn replay(
         &self,
+        key: &KeyRecord,
+        sequence: u64,
+        payload_hash: [u8; 32],
+        payload: &SignPayload,
+    ) -> Result<SignOutcome, CoreError> {
+        self.watermarks.flush().await?;
+        let mark = self.store.watermark(&key.name).await?.ok_or_else(|| {
+            CoreError::Unavailable("the signed sequence was not recorded".into())
+        })?;
+        if mark.sequence != sequence || mark.payload_hash != payload_hash {
+            return Err(CoreError::Equivocation {
+                key: key.name.clone(),
+                sequence,
+                signed: mark.sequence,
+            });
+        }
+        if mark.provider.as_str() == EMERGENCY_PROVIDER {
+            let view = KeyView {
+                name: &key.name,
+                algorithm: key.algorithm,
+                version: mark.version,
+            };
+            return Emergency::verify_replay(self.store.as_ref(), &view, payload, &mark.signature)
+                .await;
+        }
+        let version = key
+            .version(mark.version)
+            .ok_or_else(|| CoreError::Internal("watermark names a missing version".into()))?;
+        let signature = version
+            .public_key
+            .verify(payload, &mark.signature, SignatureFormat::Raw)?;
+        Ok(SignOutcome {
+            version: mark.version,
+            provider: mark.provider,
+            signature,
+            emergency: None,
+        })
+    }
+
+    async fn sign_batch_unaudited(
+        self: &Arc<Self>,
         name: &KeyName,
         items: &[SignRequest],
     ) -> Result<Vec<Result<SignOutcome, CoreError>>, CoreError> {
@@ -694,9 +1015,36 @@ impl KeyManager {
             ));
         }
         let key = self.key(name)?;
+        // Items run concurrently: one task per chunk, so CPU-bound signing and verification use every
+        // core, and each task keeps a provider session busy.
+        let workers = std::thread::available_parallelism()
+            .map_or(2, usize::from)
+            .clamp(1, 16);
+        let chunk = items.len().div_ceil(workers).max(8);
+        if items.len() <= chunk {
+            let mut results = Vec::with_capacity(items.len());
+            for item in items {
+                results.push(self.sign_one(&key, item, "sign_batch").await);
+            }
+            return Ok(results);
+        }
+        let mut tasks = Vec::new();
+        for part in items.chunks(chunk) {
+            let (manager, key, part) = (Arc::clone(self), Arc::clone(&key), part.to_vec());
+            tasks.push(tokio::spawn(async move {
+                let mut results = Vec::with_capacity(part.len());
+                for item in &part {
+                    results.push(manager.sign_one(&key, item, "sign_batch").await);
+                }
+                results
+            }));
+        }
         let mut results = Vec::with_capacity(items.len());
-        for item in items {
-            results.push(self.sign_one(&key, item).await);
+        for task in tasks {
+            results.extend(
+                task.await
+                    .map_err(|e| CoreError::Internal(format!("batch task failed: {e}")))?,
+            );
         }
         Ok(results)
     }
@@ -860,7 +1208,7 @@ impl KeyManager {
     /// Signs many items with one key; each item has its own result, in input order. One audit record
     /// covers the batch: the item count, a MAC over every item, and the first error if any.
     pub async fn sign_batch(
-        &self,
+        self: &Arc<Self>,
         ctx: &RequestContext,
         name: &KeyName,
         items: &[SignRequest],
@@ -914,7 +1262,7 @@ mod tests {
         RequestContext::system("test")
     }
 
-    async fn manager(dir: &std::path::Path) -> KeyManager {
+    async fn manager(dir: &std::path::Path) -> Arc<KeyManager> {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::create(dir).unwrap());
         let soft: Arc<dyn KeyProvider> = Arc::new(
             SoftProvider::open(
@@ -935,7 +1283,7 @@ mod tests {
         )
         .await
         .unwrap();
-        KeyManager::load(
+        Arc::new(KeyManager::load(
             store,
             vec![soft],
             ProviderName::new("soft").unwrap(),
@@ -944,7 +1292,7 @@ mod tests {
             metrics,
         )
         .await
-        .unwrap()
+        .unwrap())
     }
 
     fn name(n: &str) -> KeyName {
@@ -1106,7 +1454,7 @@ mod tests {
             .create_key(&ctx(), name("c"), Algorithm::Ed25519, chain)
             .await
             .unwrap_err();
-        assert_eq!(err.code(), "chain_not_supported");
+        assert_eq!(err.code(), "chain_cannot_share");
         let err = km
             .create_key(
                 &ctx(),

@@ -17,10 +17,12 @@ pub struct Metrics {
     pub sign_seconds: HistogramVec,
     /// Provider health (1 up, 0 down), by provider.
     pub provider_up: IntGaugeVec,
-    /// Circuit-breaker state by provider (0 closed; failover arrives in a later version).
+    /// Circuit-breaker state by provider (0 closed, 1 open, 2 half-open).
     pub circuit_state: IntGaugeVec,
-    /// Moves from one provider of a chain to the next.
+    /// Switches of a key's signing to a later provider of its chain.
     pub failovers: IntCounter,
+    /// Switches of a key's signing back to an earlier provider of its chain.
+    pub failbacks: IntCounter,
     /// Signatures made by an emergency key.
     pub emergency_signatures: IntCounter,
     /// Signature cache hits and misses.
@@ -118,7 +120,12 @@ impl Metrics {
             failovers: counter(
                 &registry,
                 "failovers_total",
-                "Moves to the next provider of a chain",
+                "Switches of a key's signing to a later provider of its chain",
+            ),
+            failbacks: counter(
+                &registry,
+                "failbacks_total",
+                "Switches of a key's signing back to an earlier provider of its chain",
             ),
             emergency_signatures: counter(
                 &registry,
