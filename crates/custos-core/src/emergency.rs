@@ -73,7 +73,12 @@ impl Emergency {
         operation: &str,
     ) -> Result<(SignOutcome, EmergencyState), CoreError> {
         let refused = |why: String| CoreError::EmergencyRefused(why);
-        if !self.config.allowed_operations.iter().any(|o| o == operation) {
+        if !self
+            .config
+            .allowed_operations
+            .iter()
+            .any(|o| o == operation)
+        {
             return Err(refused(format!(
                 "every provider failed, and {operation} is not allowed in emergency mode"
             )));
@@ -103,14 +108,14 @@ impl Emergency {
                     .generate(key.algorithm, &format!("custos-emergency:{}", key.name))
                     .await?;
                 tracing::warn!(key = %key.name, "EMERGENCY MODE: a new ephemeral key signs for this key");
-                keys.insert(key.name.clone(), (made.handle.clone(), made.public_key.clone()));
+                keys.insert(
+                    key.name.clone(),
+                    (made.handle.clone(), made.public_key.clone()),
+                );
                 (made.handle, made.public_key)
             }
         };
-        let raw = self
-            .provider
-            .sign(&handle, key.algorithm, payload)
-            .await?;
+        let raw = self.provider.sign(&handle, key.algorithm, payload).await?;
         let signature = public_key.verify(payload, &raw, SignatureFormat::Raw)?;
         let hex_key = hex::encode(public_key.as_bytes());
         if !state.public_keys.contains(&hex_key) {
@@ -143,7 +148,9 @@ impl Emergency {
     ) -> Result<SignOutcome, CoreError> {
         let state = Self::state(store, key.name).await?;
         for hex_key in &state.public_keys {
-            let Ok(bytes) = hex::decode(hex_key) else { continue };
+            let Ok(bytes) = hex::decode(hex_key) else {
+                continue;
+            };
             let Ok(public_key) = PublicKey::from_bytes(key.algorithm, &bytes) else {
                 continue;
             };

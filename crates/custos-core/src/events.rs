@@ -162,7 +162,8 @@ async fn deliver(webhooks: Vec<Webhook>, mut rx: mpsc::Receiver<(Event, jiff::Ti
                             tracing::error!(url = %hook.url, event = event.kind(), error = %why,
                                 "webhook delivery failed; dropping the event");
                         } else {
-                            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt)))
+                                .await;
                         }
                     }
                 }

@@ -291,9 +291,15 @@ mod tests {
         assert!(circuits.failure(&name, "down", &metrics));
         assert!(!circuits.allow(&name, &metrics), "open skips");
         std::thread::sleep(Duration::from_millis(40));
-        assert!(circuits.allow(&name, &metrics), "one probe after the cool-down");
+        assert!(
+            circuits.allow(&name, &metrics),
+            "one probe after the cool-down"
+        );
         assert!(!circuits.allow(&name, &metrics), "only one probe at a time");
-        assert!(circuits.failure(&name, "still down", &metrics), "a failed probe reopens");
+        assert!(
+            circuits.failure(&name, "still down", &metrics),
+            "a failed probe reopens"
+        );
         std::thread::sleep(Duration::from_millis(40));
         assert!(circuits.allow(&name, &metrics));
         circuits.success(&name, &metrics);

@@ -63,7 +63,10 @@ impl WatermarkWriter {
     /// Waits until every mark queued before this call is durable (or failed).
     pub(crate) async fn flush(&self) -> Result<(), CoreError> {
         let (done, rx) = oneshot::channel();
-        self.tx.send(Job::Flush(done)).await.map_err(|_| stopped())?;
+        self.tx
+            .send(Job::Flush(done))
+            .await
+            .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())
     }
 }

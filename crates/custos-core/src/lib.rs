@@ -25,6 +25,7 @@ pub use error::{CoreError, ErrorKind};
 pub use events::{signature_header, Event, Events, Webhook};
 pub use failover::{CircuitState, CircuitView, EmergencyConfig, FailoverConfig};
 pub use manager::{
-    KeyManager, Limits, SignInput, DEFAULT_CACHE_SIZE, SignOutcome, SignRequest, VerifyOutcome, VerifyRequest,
+    KeyManager, Limits, SignInput, SignOutcome, SignRequest, VerifyOutcome, VerifyRequest,
+    DEFAULT_CACHE_SIZE,
 };
 pub use metrics::Metrics;

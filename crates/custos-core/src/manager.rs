@@ -437,7 +437,10 @@ impl KeyManager {
             &chain[0]
         } else {
             self.share_source(chain).ok_or_else(|| {
-                CoreError::bad("chain_cannot_share", "no provider of the chain can export keys")
+                CoreError::bad(
+                    "chain_cannot_share",
+                    "no provider of the chain can export keys",
+                )
             })?
         };
         let generated = provider(source)?.generate(algorithm, &label).await?;
@@ -699,8 +702,10 @@ impl KeyManager {
         );
         let slot = cache.slot(cache_key.clone());
         let mut signed_here = None;
+        let mut ran = false;
         let result = slot
             .get_or_try_init(|| async {
+                ran = true;
                 let outcome = self
                     .sign_payload(key, Some(version), &payload, operation)
                     .await?;
@@ -713,11 +718,12 @@ impl KeyManager {
             })
             .await;
         match (result, signed_here) {
-            (Ok(outcome), None) => {
-                self.metrics.cache_hits.inc();
+            (Ok(outcome), _) => {
+                if !ran {
+                    self.metrics.cache_hits.inc();
+                }
                 Ok(outcome.clone())
             }
-            (Ok(outcome), Some(_)) => Ok(outcome.clone()),
             (Err(None::<CoreError>), Some(outcome)) => {
                 cache.forget(&cache_key);
                 Ok(outcome)
@@ -807,17 +813,16 @@ impl KeyManager {
                 };
                 tracing::warn!(key = %key.name, provider = %location.provider, attempt, error = %err,
                     "provider failed");
-                let open = self
-                    .circuits
-                    .failure(&location.provider, &err.to_string(), &self.metrics);
+                let open =
+                    self.circuits
+                        .failure(&location.provider, &err.to_string(), &self.metrics);
                 last = Some(err.into());
                 if open {
                     break;
                 }
             }
         }
-        let last =
-            last.unwrap_or_else(|| CoreError::Internal("version has no locations".into()));
+        let last = last.unwrap_or_else(|| CoreError::Internal("version has no locations".into()));
         let Some(emergency) = &self.emergency else {
             return Err(last);
         };
@@ -844,10 +849,7 @@ impl KeyManager {
     /// Notices a switch of a key's signing to another chain position: logged, counted, sent as an event.
     fn note_position(&self, key: &KeyName, position: usize, provider: &ProviderName) {
         let previous = {
-            let mut last = self
-                .last_position
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut last = self.last_position.lock().unwrap_or_else(|p| p.into_inner());
             last.insert(key.clone(), position)
         };
         let Some(previous) = previous.filter(|p| *p != position) else {
@@ -937,7 +939,10 @@ impl KeyManager {
                 provider: outcome.provider.clone(),
                 signature: outcome.signature.raw().to_vec(),
             };
-            let durable = self.watermarks.advance(key.name.clone(), mark.clone()).await?;
+            let durable = self
+                .watermarks
+                .advance(key.name.clone(), mark.clone())
+                .await?;
             *held = Some(Some(mark));
             (outcome, durable)
         };
@@ -969,9 +974,10 @@ impl KeyManager {
         payload: &SignPayload,
     ) -> Result<SignOutcome, CoreError> {
         self.watermarks.flush().await?;
-        let mark = self.store.watermark(&key.name).await?.ok_or_else(|| {
-            CoreError::Unavailable("the signed sequence was not recorded".into())
-        })?;
+        let mark =
+            self.store.watermark(&key.name).await?.ok_or_else(|| {
+                CoreError::Unavailable("the signed sequence was not recorded".into())
+            })?;
         if mark.sequence != sequence || mark.payload_hash != payload_hash {
             return Err(CoreError::Equivocation {
                 key: key.name.clone(),
@@ -991,9 +997,10 @@ impl KeyManager {
         let version = key
             .version(mark.version)
             .ok_or_else(|| CoreError::Internal("watermark names a missing version".into()))?;
-        let signature = version
-            .public_key
-            .verify(payload, &mark.signature, SignatureFormat::Raw)?;
+        let signature =
+            version
+                .public_key
+                .verify(payload, &mark.signature, SignatureFormat::Raw)?;
         Ok(SignOutcome {
             version: mark.version,
             provider: mark.provider,
@@ -1283,16 +1290,18 @@ mod tests {
         )
         .await
         .unwrap();
-        Arc::new(KeyManager::load(
-            store,
-            vec![soft],
-            ProviderName::new("soft").unwrap(),
-            Limits::default(),
-            audit,
-            metrics,
+        Arc::new(
+            KeyManager::load(
+                store,
+                vec![soft],
+                ProviderName::new("soft").unwrap(),
+                Limits::default(),
+                audit,
+                metrics,
+            )
+            .await
+            .unwrap(),
         )
-        .await
-        .unwrap())
     }
 
     fn name(n: &str) -> KeyName {
