@@ -103,6 +103,10 @@ pub struct SignOutcome {
     pub emergency: Option<custos_types::PublicKey>,
 }
 
+/// One key's equivocation guard: its watermark as last read or written (`None`: not loaded yet), behind
+/// the lock that serialises the key's guarded signing.
+type KeyGuard = Arc<tokio::sync::Mutex<Option<Option<Watermark>>>>;
+
 /// The parts of a key the emergency path needs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KeyView<'a> {
@@ -148,7 +152,7 @@ pub struct KeyManager {
     metrics: Arc<Metrics>,
     /// Per key: the guard's watermark as last checked or written (`None`: not loaded yet); the lock
     /// serialises guarded (sequenced) signing of the key.
-    guards: std::sync::Mutex<HashMap<KeyName, Arc<tokio::sync::Mutex<Option<Option<Watermark>>>>>>,
+    guards: std::sync::Mutex<HashMap<KeyName, KeyGuard>>,
     watermarks: WatermarkWriter,
     circuits: Circuits,
     emergency: Option<Emergency>,
