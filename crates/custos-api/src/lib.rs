@@ -165,6 +165,10 @@ pub struct CreateKeyRequest {
     /// The provider to hold the key (default: the configured default provider).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// Instead of `provider`: an ordered failover chain, primary first. Every member holds the same key:
+    /// the first whose keys can be exported generates it, the others import it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub providers: Option<Vec<String>>,
     /// Adopt a key that already exists in the provider instead of generating one (PKCS#11:
     /// `label:<text>` or `id:<hex>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -278,6 +282,13 @@ pub struct SignResponse {
     /// ECDSA recovery id (0 or 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_id: Option<u8>,
+    /// True when every provider failed and an emergency key signed: a different key, whose public key
+    /// is `emergency_public_key`. Such a signature does not verify under the key's own public key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub emergency: bool,
+    /// The emergency key's public key, when `emergency` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emergency_public_key: Option<PublicKeyView>,
 }
 
 /// `POST /v1/keys/{name}/sign-batch`.
@@ -363,6 +374,42 @@ pub struct ProviderHealthView {
     /// Why not, when it cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+/// `GET /v1/providers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderList {
+    /// Every configured provider.
+    pub providers: Vec<ProviderView>,
+}
+
+/// One provider: what it is, whether it answers, and its circuit breaker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderView {
+    /// The provider instance.
+    pub name: String,
+    /// The provider family.
+    pub kind: String,
+    /// Algorithms it can hold.
+    pub algorithms: Vec<String>,
+    /// Whether its keys can leave it (to share with a chain, or to back up).
+    pub exportable: bool,
+    /// Whether it can import key material.
+    pub import: bool,
+    /// Whether its health probe answered.
+    pub available: bool,
+    /// Why not, when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// `closed` (used), `open` (skipped) or `half_open` (one probe in flight).
+    pub circuit: String,
+    /// Retryable failures in a row.
+    pub consecutive_failures: u32,
+    /// Times signing switched to this provider from another of a chain.
+    pub switches_to: u64,
+    /// The last error seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// `POST /v1/tokens`.

@@ -14,23 +14,31 @@ use serde::{Deserialize, Serialize};
 
 use crate::Metrics;
 
-/// How the sign path moves along a key's provider chain. The names follow the seed's configuration.
+/// How the sign path moves along a key's provider chain. Each setting also takes the seed's camelCase
+/// name (`primaryRetryIntervalMs`, `maxPrimaryRetries`, ...).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+#[serde(deny_unknown_fields, default)]
 pub struct FailoverConfig {
     /// Pause between attempts on the primary.
+    #[serde(alias = "primaryRetryIntervalMs")]
     pub primary_retry_interval_ms: u64,
     /// Extra attempts on the primary after a retryable error (0: move on at once).
+    #[serde(alias = "maxPrimaryRetries")]
     pub max_primary_retries: u32,
     /// Pause between attempts on each later provider of the chain.
+    #[serde(alias = "secondaryRetryIntervalMs")]
     pub secondary_retry_interval_ms: u64,
     /// Extra attempts on each later provider.
+    #[serde(alias = "maxSecondaryRetries")]
     pub max_secondary_retries: u32,
     /// The longest one provider call may take before it counts as a retryable failure.
+    #[serde(alias = "providerTimeoutMs")]
     pub provider_timeout_ms: u64,
     /// Retryable failures in a row that open a provider's circuit.
+    #[serde(alias = "breakerFailures")]
     pub breaker_failures: u32,
     /// How long an open circuit skips the provider before one probe request is let through.
+    #[serde(alias = "breakerOpenMs")]
     pub breaker_open_ms: u64,
     /// Emergency mode: what happens when every provider of a chain has failed.
     pub emergency: EmergencyConfig,
@@ -77,15 +85,18 @@ impl FailoverConfig {
 /// Emergency mode: an ephemeral in-memory key signs when every provider of the chain has failed. It is a
 /// different key (a different identity), marked as such in every answer, and never persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+#[serde(deny_unknown_fields, default)]
 pub struct EmergencyConfig {
     /// Off unless turned on.
     pub enabled: bool,
     /// Emergency signatures allowed per key, ever (counted across restarts).
+    #[serde(alias = "maxTransactions")]
     pub max_transactions: u64,
     /// Seconds after a key's first emergency signature during which emergency signing is allowed.
+    #[serde(alias = "maxTimeSeconds")]
     pub max_time_seconds: u64,
     /// Operations allowed in emergency mode: `sign`, `sign_batch`.
+    #[serde(alias = "allowedOperations")]
     pub allowed_operations: Vec<String>,
 }
 

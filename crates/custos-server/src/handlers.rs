@@ -60,6 +60,45 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+pub async fn providers(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+) -> Result<Json<custos_api::ProviderList>> {
+    allow(&state, &ctx, Operation::ReadKeys).await?;
+    let providers = state
+        .keys
+        .provider_health()
+        .await
+        .into_iter()
+        .map(|(p, health)| {
+            let caps = p.capabilities();
+            let circuit = state.keys.circuit(p.name());
+            custos_api::ProviderView {
+                name: p.name().to_string(),
+                kind: p.kind().to_owned(),
+                algorithms: caps.algorithms.iter().map(|a| a.to_string()).collect(),
+                exportable: caps.exportable,
+                import: caps.import,
+                available: health.available,
+                detail: health.detail,
+                circuit: circuit
+                    .as_ref()
+                    .map(|c| match c.state {
+                        custos_core::CircuitState::Closed => "closed",
+                        custos_core::CircuitState::Open => "open",
+                        custos_core::CircuitState::HalfOpen => "half_open",
+                    })
+                    .unwrap_or("closed")
+                    .to_owned(),
+                consecutive_failures: circuit.as_ref().map_or(0, |c| c.consecutive_failures),
+                switches_to: circuit.as_ref().map_or(0, |c| c.switches_to),
+                last_error: circuit.and_then(|c| c.last_error),
+            }
+        })
+        .collect();
+    Ok(Json(custos_api::ProviderList { providers }))
+}
+
 pub async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
 }
@@ -104,13 +143,25 @@ pub async fn create_key(
             })
         })
         .transpose()?;
-    let key = match request.adopt {
-        None => {
-            state
-                .keys
-                .create_key(&ctx, name, algorithm, provider.into_iter().collect())
-                .await?
+    let chain = match (&provider, request.providers) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "invalid_request",
+                "give either provider or providers (a chain), not both",
+            ))
         }
+        (_, Some(chain)) => chain
+            .into_iter()
+            .map(|p| {
+                ProviderName::new(p).map_err(|e| {
+                    ApiError::bad("unknown_provider", format!("invalid provider name: {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+        (provider, None) => provider.iter().cloned().collect(),
+    };
+    let key = match request.adopt {
+        None => state.keys.create_key(&ctx, name, algorithm, chain).await?,
         Some(reference) => {
             state
                 .keys

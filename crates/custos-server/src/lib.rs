@@ -108,6 +108,7 @@ pub fn router(state: AppState, options: HttpOptions) -> Router {
             post(handlers::create_key).get(handlers::list_keys),
         )
         .route("/v1/keys/{name}", get(handlers::show_key))
+        .route("/v1/providers", get(handlers::providers))
         .route("/v1/keys/{name}/sign", post(handlers::sign))
         .route("/v1/keys/{name}/sign-batch", post(handlers::sign_batch))
         .route("/v1/keys/{name}/verify", post(handlers::verify))

@@ -127,5 +127,7 @@ pub fn sign_response(
         }
         .to_owned(),
         recovery_id: outcome.signature.recovery_id(),
+        emergency: outcome.emergency.is_some(),
+        emergency_public_key: outcome.emergency.as_ref().map(public_key),
     })
 }

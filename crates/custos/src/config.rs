@@ -187,6 +187,64 @@ pub struct Config {
     pub auth_failure_limit: Option<RateLimit>,
     #[serde(default)]
     pub audit: AuditSettings,
+    /// Failover along provider chains, and emergency mode (`[failover]`, `[failover.emergency]`).
+    #[serde(default)]
+    pub failover: custos_core::FailoverConfig,
+    /// Signatures kept for repeated requests (0 turns the cache off).
+    #[serde(default = "default_cache_size", alias = "maxCacheSize")]
+    pub max_cache_size: usize,
+    /// Where events (provider switches, emergency signatures, rotations) are POSTed.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+    /// Scheduled rotation (`[rotation]`).
+    #[serde(default)]
+    pub rotation: RotationSettings,
+}
+
+/// One `[[webhooks]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where to POST the event JSON.
+    pub url: String,
+    /// Event types to send (`provider_switch`, `emergency_signature`, `key_rotated`,
+    /// `rotation_failed`); empty or absent: all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// The HMAC-SHA256 key for the `X-Custos-Signature` header, as a secret reference.
+    #[serde(default)]
+    pub secret: Option<SecretRef>,
+}
+
+/// The `[rotation]` section: how scheduled rotation runs (each key's schedule is its rotation policy).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RotationSettings {
+    /// Whether this process runs scheduled rotations (one process per store does, by lease).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How often policies are checked, in seconds.
+    #[serde(default = "default_rotation_check")]
+    pub check_interval_seconds: u64,
+}
+
+impl Default for RotationSettings {
+    fn default() -> Self {
+        RotationSettings {
+            enabled: true,
+            check_interval_seconds: default_rotation_check(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_rotation_check() -> u64 {
+    60
+}
+fn default_cache_size() -> usize {
+    custos_core::DEFAULT_CACHE_SIZE
 }
 
 /// Requests each API token may make (`rate_limit = { requests_per_second = 100, burst = 200 }`).

@@ -279,9 +279,11 @@ enum KeyCommand {
         /// ed25519, secp256k1 or p256.
         #[arg(long, short)]
         algorithm: String,
-        /// The provider to hold it (default: the server's default provider).
-        #[arg(long)]
-        provider: Option<String>,
+        /// The provider to hold it (default: the server's default provider). Give it several times, or
+        /// comma-separated, for a failover chain, primary first: every provider of the chain holds the
+        /// same key (one that can export generates it; the others import it).
+        #[arg(long, value_delimiter = ',')]
+        provider: Vec<String>,
         /// Adopt a key that already exists in the provider instead of generating one
         /// (PKCS#11: label:<text> or id:<hex>).
         #[arg(long)]
@@ -472,6 +474,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out!("provider     {}", r.provider);
                 if let Some(id) = r.recovery_id {
                     out!("recovery_id  {id}");
+                }
+                if let Some(key) = &r.emergency_public_key {
+                    out!("EMERGENCY    every provider failed; signed by an emergency key, NOT this key");
+                    out!("emergency_public_key  {}", key.raw);
                 }
             }
         }
@@ -810,10 +816,16 @@ async fn key(command: KeyCommand) -> anyhow::Result<()> {
             adopt,
             conn,
         } => {
+            let (provider, providers) = match provider.len() {
+                0 => (None, None),
+                1 => (provider.into_iter().next(), None),
+                _ => (None, Some(provider)),
+            };
             let body = CreateKeyRequest {
                 name,
                 algorithm,
                 provider,
+                providers,
                 adopt,
             };
             let key: KeyView = connect(&conn)?

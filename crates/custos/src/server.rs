@@ -139,6 +139,17 @@ pub async fn open(
     )
     .await
     .context("cannot open the audit log")?;
+    let webhooks = config
+        .webhooks
+        .iter()
+        .map(|w| {
+            Ok(custos_core::Webhook {
+                url: w.url.clone(),
+                events: w.events.clone(),
+                secret: w.secret.as_ref().map(crate::config::SecretRef::read).transpose()?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let keys = KeyManager::load(
         Arc::clone(&store),
         providers,
@@ -147,7 +158,15 @@ pub async fn open(
         Arc::clone(&audit),
         metrics,
     )
-    .await?;
+    .await?
+    .with_failover(
+        config.failover.clone(),
+        Arc::new(custos_provider_soft::MemoryProvider::new(ProviderName::new(
+            custos_core::EMERGENCY_PROVIDER,
+        )?)),
+    )
+    .with_cache(config.max_cache_size)
+    .with_events(custos_core::Events::webhooks(webhooks));
     let access = Access::load(store, audit).await?;
     Ok(Opened {
         keys: Arc::new(keys),
