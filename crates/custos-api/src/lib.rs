@@ -376,6 +376,22 @@ pub struct ProviderHealthView {
     pub detail: Option<String>,
 }
 
+/// `GET`/`PUT /v1/keys/{name}/rotation`: a key's rotation policy and when it next rotates.
+///
+/// The policy's fields: `interval_days` (required), `overlap_days`, `rotation_time` (`HH:MM:SS`),
+/// `time_zone` (IANA), `backup_enabled`, `backup_location` (a directory), `backup_recipient` (`age1…`);
+/// the seed's camelCase names are accepted too.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotationView {
+    /// The key.
+    pub key: String,
+    /// The policy, or null when the key rotates only on demand.
+    pub policy: Option<serde_json::Value>,
+    /// When the next scheduled rotation is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation: Option<Timestamp>,
+}
+
 /// `GET /v1/providers`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProviderList {

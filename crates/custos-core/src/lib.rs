@@ -16,6 +16,7 @@ mod failover;
 mod guard;
 mod manager;
 mod metrics;
+mod rotation;
 
 pub use access::{Access, IssuedToken, Operation, Principal, Scope};
 pub use audit::{AuditConfig, AuditLog, AuditSink};
@@ -29,3 +30,4 @@ pub use manager::{
     DEFAULT_CACHE_SIZE,
 };
 pub use metrics::Metrics;
+pub use rotation::RotationPolicy;

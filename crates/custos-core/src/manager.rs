@@ -22,6 +22,10 @@ use crate::cache::SignatureCache;
 use crate::emergency::{Emergency, EMERGENCY_PROVIDER};
 use crate::failover::{CircuitView, Circuits};
 use crate::guard::WatermarkWriter;
+use crate::rotation::{
+    job_setting, pause_point, policy_setting, write_backup, RotationJob, RotationPolicy, Step,
+    JOB_PREFIX,
+};
 use crate::{AuditLog, CoreError, Event, Events, FailoverConfig, Metrics, RequestContext};
 use custos_audit::{AuditEntry, Outcome};
 
@@ -580,38 +584,292 @@ impl KeyManager {
         Ok(record)
     }
 
-    async fn rotate_unaudited(&self, name: &KeyName) -> Result<Arc<KeyRecord>, CoreError> {
+    /// Rotates by the persisted state machine (see `rotation`): resumes a recorded job, or starts one.
+    async fn rotate_unaudited(
+        &self,
+        name: &KeyName,
+    ) -> Result<(Arc<KeyRecord>, String), CoreError> {
         let _guard = self.admin.lock().await;
         let key = self.key(name)?;
-        let highest = key
-            .versions
-            .iter()
-            .map(|v| v.version)
-            .max()
-            .unwrap_or(KeyVersion(0));
-        let next = highest.next().ok_or_else(|| {
-            CoreError::bad("version_limit", "the key has no version numbers left")
-        })?;
-        let version = self
-            .new_version(name, key.algorithm, &key.providers, next)
-            .await?;
-        self.store
-            .add_current_version(name, &version, VersionState::Enabled)
-            .await?;
-        let mut updated = (*key).clone();
-        for v in &mut updated.versions {
-            if v.state == VersionState::Current {
-                v.state = VersionState::Enabled;
+        let policy = self.rotation_policy(name).await?;
+        let mut job = match self.store.get_setting(&job_setting(name)).await? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| CoreError::Internal(format!("rotation job of {name}: {e}")))?,
+            None => {
+                let highest = key
+                    .versions
+                    .iter()
+                    .map(|v| v.version)
+                    .max()
+                    .unwrap_or(KeyVersion(0));
+                let target = highest.next().ok_or_else(|| {
+                    CoreError::bad("version_limit", "the key has no version numbers left")
+                })?;
+                let job = RotationJob {
+                    target,
+                    step: Step::Backup,
+                    backup: None,
+                    started_at: Timestamp::now(),
+                };
+                self.save_job(name, &job).await?;
+                job
             }
+        };
+        pause_point("rotation:started").await;
+        if job.step == Step::Backup {
+            job.backup = Some(match policy.as_ref().filter(|p| p.backup_enabled) {
+                Some(policy) => self.backup(&key, policy).await?,
+                None => "backups are off for this key".to_owned(),
+            });
+            job.step = Step::Generate;
+            self.save_job(name, &job).await?;
+            pause_point("rotation:backed_up").await;
         }
-        updated.versions.push(version);
-        let updated = Arc::new(updated);
+        if key.version(job.target).is_none() {
+            let version = self
+                .new_version(name, key.algorithm, &key.providers, job.target)
+                .await?;
+            pause_point("rotation:generated").await;
+            self.store
+                .add_current_version(name, &version, VersionState::Enabled)
+                .await?;
+            pause_point("rotation:committed").await;
+        }
+        self.store.delete_setting(&job_setting(name)).await?;
+        let updated = Arc::new(
+            self.store
+                .get_key(name)
+                .await?
+                .ok_or_else(|| CoreError::KeyNotFound(name.clone()))?,
+        );
         self.keys
             .write()
             .map_err(|_| poisoned())?
             .insert(name.clone(), Arc::clone(&updated));
-        tracing::info!(key = %name, version = %next, "key rotated");
-        Ok(updated)
+        let backup = job.backup.unwrap_or_default();
+        tracing::info!(key = %name, version = %job.target, %backup, "key rotated");
+        self.events.emit(Event::KeyRotated {
+            key: name.to_string(),
+            version: job.target.0,
+            backup: backup.clone(),
+        });
+        Ok((updated, backup))
+    }
+
+    async fn save_job(&self, name: &KeyName, job: &RotationJob) -> Result<(), CoreError> {
+        let bytes = serde_json::to_vec(job)
+            .map_err(|e| CoreError::Internal(format!("rotation job: {e}")))?;
+        Ok(self.store.put_setting(&job_setting(name), &bytes).await?)
+    }
+
+    /// Backs up the current version before a rotation: the age-encrypted key where a provider of the chain
+    /// lets it leave, otherwise the recorded reason there is none.
+    async fn backup(&self, key: &KeyRecord, policy: &RotationPolicy) -> Result<String, CoreError> {
+        let current = key.current().ok_or_else(|| {
+            CoreError::Internal(format!("key {} has no current version", key.name))
+        })?;
+        let exportable = current.locations.iter().find(|l| {
+            self.providers
+                .get(&l.provider)
+                .is_some_and(|p| p.capabilities().exportable)
+        });
+        let Some(location) = exportable else {
+            return Ok(format!(
+                "no backup file: version {} lives only in providers that never let a key leave ({}); \
+                 back it up with the provider's own means (HSM backup, KMS multi-region keys)",
+                current.version,
+                current
+                    .locations
+                    .iter()
+                    .map(|l| l.provider.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        };
+        let private = self.providers[&location.provider]
+            .export(&location.handle)
+            .await?;
+        if private.public_key() != current.public_key {
+            return Err(CoreError::Internal(
+                "the exported key does not match the version's public key".into(),
+            ));
+        }
+        let (policy, name, version) = (policy.clone(), key.name.clone(), current.version);
+        let path =
+            tokio::task::spawn_blocking(move || write_backup(&policy, &name, version, &private))
+                .await
+                .map_err(|e| CoreError::Internal(format!("backup task failed: {e}")))??;
+        Ok(path.display().to_string())
+    }
+
+    /// A key's rotation policy, if it has one.
+    pub async fn rotation_policy(
+        &self,
+        name: &KeyName,
+    ) -> Result<Option<RotationPolicy>, CoreError> {
+        match self.store.get_setting(&policy_setting(name)).await? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|e| {
+                CoreError::Internal(format!("rotation policy of {name}: {e}"))
+            })?)),
+        }
+    }
+
+    /// When a key is next due to rotate, if it has a policy.
+    pub async fn next_rotation(&self, name: &KeyName) -> Result<Option<Timestamp>, CoreError> {
+        let key = self.key(name)?;
+        let Some(policy) = self.rotation_policy(name).await? else {
+            return Ok(None);
+        };
+        let made = key.current().map_or(key.created_at, |v| v.created_at);
+        policy.due_after(made).map(Some)
+    }
+
+    /// Sets (or with `None` removes) a key's rotation policy.
+    pub async fn set_rotation_policy(
+        &self,
+        ctx: &RequestContext,
+        name: &KeyName,
+        policy: Option<RotationPolicy>,
+    ) -> Result<(), CoreError> {
+        let mut entry = ctx.entry("rotation_policy");
+        entry.key = Some(name.to_string());
+        let result = async {
+            self.key(name)?;
+            match &policy {
+                Some(policy) => {
+                    policy.validate()?;
+                    let bytes = serde_json::to_vec(policy)
+                        .map_err(|e| CoreError::Internal(e.to_string()))?;
+                    self.store
+                        .put_setting(&policy_setting(name), &bytes)
+                        .await?;
+                }
+                None => self.store.delete_setting(&policy_setting(name)).await?,
+            }
+            Ok(())
+        }
+        .await;
+        entry.subject = Some(match &policy {
+            Some(p) => format!(
+                "every {} days at {} {}",
+                p.interval_days, p.rotation_time, p.time_zone
+            ),
+            None => "removed".into(),
+        });
+        self.audited(entry, result, |_, _| {}).await
+    }
+
+    /// Finishes every rotation a crash interrupted. Run once at start, before serving.
+    pub async fn resume_rotations(&self, ctx: &RequestContext) -> Result<usize, CoreError> {
+        let jobs = self.store.list_settings(JOB_PREFIX).await?;
+        for (setting, _) in &jobs {
+            let name = KeyName::new(setting.trim_start_matches(JOB_PREFIX))?;
+            tracing::warn!(key = %name, "resuming an interrupted rotation");
+            self.rotate(ctx, &name).await?;
+        }
+        Ok(jobs.len())
+    }
+
+    /// One pass of the scheduler: if `holder` holds (or can take) the rotation lease, rotate every key
+    /// whose policy says it is due, and make versions whose overlap has ended verify-only. Returns the
+    /// keys rotated. Failures are logged, sent as events, and retried at the next pass.
+    pub async fn run_scheduled(
+        &self,
+        ctx: &RequestContext,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<Vec<KeyName>, CoreError> {
+        let now = Timestamp::now();
+        let until = now
+            .checked_add(
+                jiff::SignedDuration::try_from(lease).unwrap_or(jiff::SignedDuration::ZERO),
+            )
+            .unwrap_or(now);
+        if !self
+            .store
+            .acquire_lease("rotation", holder, now, until)
+            .await?
+        {
+            return Ok(Vec::new());
+        }
+        let mut rotated = Vec::new();
+        for key in self.list_keys()? {
+            let Some(policy) = self.rotation_policy(&key.name).await? else {
+                continue;
+            };
+            if let Err(e) = self.retire_overlapped(ctx, &key, &policy).await {
+                tracing::error!(key = %key.name, error = %e, "cannot end an overlap period");
+            }
+            let made = key.current().map_or(key.created_at, |v| v.created_at);
+            if policy.due_after(made)? > now {
+                continue;
+            }
+            match self.rotate(ctx, &key.name).await {
+                Ok(_) => rotated.push(key.name.clone()),
+                Err(e) => {
+                    tracing::error!(key = %key.name, error = %e, "scheduled rotation failed");
+                    self.events.emit(Event::RotationFailed {
+                        key: key.name.to_string(),
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(rotated)
+    }
+
+    /// Makes `enabled` versions verify-only (`disabled`) once the overlap after their replacement ended.
+    async fn retire_overlapped(
+        &self,
+        ctx: &RequestContext,
+        key: &KeyRecord,
+        policy: &RotationPolicy,
+    ) -> Result<(), CoreError> {
+        let now = Timestamp::now();
+        for version in key
+            .versions
+            .iter()
+            .filter(|v| v.state == VersionState::Enabled)
+        {
+            let replaced = key
+                .versions
+                .iter()
+                .filter(|v| v.version > version.version)
+                .map(|v| v.created_at)
+                .min();
+            if replaced.is_some_and(|at| policy.overlap_ends(at) <= now) {
+                let mut entry = ctx.entry("version_disable");
+                entry.key = Some(key.name.to_string());
+                entry.version = Some(version.version.0);
+                entry.subject = Some("overlap period ended: verify-only".into());
+                let result = self
+                    .set_state(&key.name, version.version, VersionState::Disabled)
+                    .await;
+                self.audited(entry, result, |_, _| {}).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_state(
+        &self,
+        name: &KeyName,
+        version: KeyVersion,
+        state: VersionState,
+    ) -> Result<(), CoreError> {
+        let _guard = self.admin.lock().await;
+        self.store.set_version_state(name, version, state).await?;
+        let updated = self
+            .store
+            .get_key(name)
+            .await?
+            .ok_or_else(|| CoreError::KeyNotFound(name.clone()))?;
+        self.keys
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(name.clone(), Arc::new(updated));
+        Ok(())
     }
 
     fn check_message(&self, message: &[u8]) -> Result<(), CoreError> {
@@ -1194,7 +1452,12 @@ impl KeyManager {
         if result.is_ok() {
             self.metrics.rotations.inc();
         }
-        self.audited(entry, result, describe_key).await
+        self.audited(entry, result, |(key, backup), e| {
+            describe_key(key, e);
+            e.subject = Some(backup.chars().take(300).collect());
+        })
+        .await
+        .map(|(key, _)| key)
     }
 
     /// Signs with a key. The signature is returned only after its audit record is durable.

@@ -272,6 +272,55 @@ pub async fn rotate(
     Ok(Json(views::key(&state.keys, &key)))
 }
 
+async fn rotation_view(
+    state: &AppState,
+    name: &custos_types::KeyName,
+) -> Result<Json<custos_api::RotationView>> {
+    let policy = state.keys.rotation_policy(name).await?;
+    Ok(Json(custos_api::RotationView {
+        key: name.to_string(),
+        policy: policy
+            .map(|p| serde_json::to_value(p).map_err(|e| CoreError::Internal(e.to_string())))
+            .transpose()?,
+        next_rotation: state.keys.next_rotation(name).await?,
+    }))
+}
+
+pub async fn show_rotation(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+    KeyPath(name): KeyPath,
+) -> Result<Json<custos_api::RotationView>> {
+    allow(&state, &ctx, Operation::ReadKeys).await?;
+    state.keys.key(&name)?;
+    rotation_view(&state, &name).await
+}
+
+pub async fn set_rotation(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+    KeyPath(name): KeyPath,
+    Body(body): Body,
+) -> Result<Json<custos_api::RotationView>> {
+    allow(&state, &ctx, Operation::RotateKey(&name)).await?;
+    let policy: custos_core::RotationPolicy = parse(&body)?;
+    state
+        .keys
+        .set_rotation_policy(&ctx, &name, Some(policy))
+        .await?;
+    rotation_view(&state, &name).await
+}
+
+pub async fn delete_rotation(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+    KeyPath(name): KeyPath,
+) -> Result<Json<custos_api::RotationView>> {
+    allow(&state, &ctx, Operation::RotateKey(&name)).await?;
+    state.keys.set_rotation_policy(&ctx, &name, None).await?;
+    rotation_view(&state, &name).await
+}
+
 fn token_view(record: TokenRecord) -> TokenView {
     TokenView {
         id: record.id,

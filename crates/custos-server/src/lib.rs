@@ -109,6 +109,12 @@ pub fn router(state: AppState, options: HttpOptions) -> Router {
         )
         .route("/v1/keys/{name}", get(handlers::show_key))
         .route("/v1/providers", get(handlers::providers))
+        .route(
+            "/v1/keys/{name}/rotation",
+            get(handlers::show_rotation)
+                .put(handlers::set_rotation)
+                .delete(handlers::delete_rotation),
+        )
         .route("/v1/keys/{name}/sign", post(handlers::sign))
         .route("/v1/keys/{name}/sign-batch", post(handlers::sign_batch))
         .route("/v1/keys/{name}/verify", post(handlers::verify))

@@ -308,6 +308,34 @@ enum KeyCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Show or set a key's rotation schedule. With no options, shows it. Rotation makes a new version
+    /// current; the old one may still sign by explicit version for --overlap-days, then only verifies.
+    Rotation {
+        name: String,
+        /// Rotate every N days.
+        #[arg(long)]
+        interval_days: Option<u32>,
+        /// Days the previous version may still sign after a rotation.
+        #[arg(long, default_value_t = 0)]
+        overlap_days: u32,
+        /// Local time of day to rotate at (HH:MM:SS).
+        #[arg(long, default_value = "00:00:00")]
+        rotation_time: String,
+        /// IANA time zone of --rotation-time (for example Europe/Berlin).
+        #[arg(long, default_value = "UTC")]
+        time_zone: String,
+        /// Before each rotation, write the current key encrypted with age into this directory.
+        #[arg(long, requires = "backup_recipient")]
+        backup_dir: Option<std::path::PathBuf>,
+        /// The age X25519 recipient (age1...) backups are encrypted to (`age-keygen` makes one).
+        #[arg(long, requires = "backup_dir")]
+        backup_recipient: Option<String>,
+        /// Remove the schedule: the key then rotates only on demand.
+        #[arg(long, conflicts_with = "interval_days")]
+        clear: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -869,6 +897,49 @@ async fn key(command: KeyCommand) -> anyhow::Result<()> {
                 )
                 .await?;
             show(&key, conn.json)
+        }
+        KeyCommand::Rotation {
+            name,
+            interval_days,
+            overlap_days,
+            rotation_time,
+            time_zone,
+            backup_dir,
+            backup_recipient,
+            clear,
+            conn,
+        } => {
+            let path = format!("/v1/keys/{name}/rotation");
+            let client = connect(&conn)?;
+            let view: custos_api::RotationView = match (clear, interval_days) {
+                (true, _) => client.call(Method::DELETE, &path, None::<&()>).await?,
+                (false, Some(interval_days)) => {
+                    let body = serde_json::json!({
+                        "interval_days": interval_days,
+                        "overlap_days": overlap_days,
+                        "rotation_time": rotation_time,
+                        "time_zone": time_zone,
+                        "backup_enabled": backup_dir.is_some(),
+                        "backup_location": backup_dir,
+                        "backup_recipient": backup_recipient,
+                    });
+                    client.call(Method::PUT, &path, Some(&body)).await?
+                }
+                (false, None) => client.call(Method::GET, &path, None::<&()>).await?,
+            };
+            if conn.json {
+                return print_json(&view);
+            }
+            match &view.policy {
+                None => out!("{}: no schedule (rotates only on demand)", view.key),
+                Some(policy) => {
+                    out!("{}: {}", view.key, policy);
+                    if let Some(next) = view.next_rotation {
+                        out!("next rotation  {next}");
+                    }
+                }
+            }
+            Ok(())
         }
     }
 }

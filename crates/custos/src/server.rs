@@ -146,7 +146,11 @@ pub async fn open(
             Ok(custos_core::Webhook {
                 url: w.url.clone(),
                 events: w.events.clone(),
-                secret: w.secret.as_ref().map(crate::config::SecretRef::read).transpose()?,
+                secret: w
+                    .secret
+                    .as_ref()
+                    .map(crate::config::SecretRef::read)
+                    .transpose()?,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -161,9 +165,9 @@ pub async fn open(
     .await?
     .with_failover(
         config.failover.clone(),
-        Arc::new(custos_provider_soft::MemoryProvider::new(ProviderName::new(
-            custos_core::EMERGENCY_PROVIDER,
-        )?)),
+        Arc::new(custos_provider_soft::MemoryProvider::new(
+            ProviderName::new(custos_core::EMERGENCY_PROVIDER)?,
+        )),
     )
     .with_cache(config.max_cache_size)
     .with_events(custos_core::Events::webhooks(webhooks));
@@ -349,6 +353,37 @@ pub async fn run(
             }
         }
     });
+    // A rotation that a crash interrupted is finished before anything is served.
+    let system = custos_core::RequestContext::system("rotation");
+    let resumed = opened
+        .keys
+        .resume_rotations(&system)
+        .await
+        .context("cannot finish an interrupted rotation")?;
+    if resumed > 0 {
+        out!("Finished {resumed} rotation(s) interrupted by a crash");
+    }
+    let scheduler = config.rotation.enabled.then(|| {
+        let keys = Arc::clone(&opened.keys);
+        let every = std::time::Duration::from_secs(config.rotation.check_interval_seconds.max(1));
+        let mut id = [0u8; 8];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        let holder = format!("{}-{}", std::process::id(), hex::encode(id));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                // The lease outlives a few missed checks, so a busy holder keeps it.
+                match keys.run_scheduled(&system, &holder, every * 3).await {
+                    Ok(rotated) if !rotated.is_empty() => {
+                        tracing::info!(?rotated, "scheduled rotation done");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "rotation scheduler pass failed"),
+                }
+            }
+        })
+    });
     let access = Arc::clone(&opened.access);
     let audit = Arc::clone(opened.keys.audit());
     let state = AppState::new(opened.keys, opened.access);
@@ -387,6 +422,9 @@ pub async fn run(
         .await
         .context("the server stopped with an error");
     flusher.abort();
+    if let Some(scheduler) = scheduler {
+        scheduler.abort();
+    }
     access.flush_last_used().await.ok();
     served
 }
