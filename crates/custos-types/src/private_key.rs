@@ -129,7 +129,12 @@ impl PrivateKey {
         use ed25519_dalek::pkcs8::EncodePrivateKey as _;
         let lf = ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF;
         let pem = match self {
-            PrivateKey::Ed25519(k) => k.to_pkcs8_pem(lf),
+            // RFC 8410 version 1 (no public key inside): what OpenSSL 3.0 and every other reader take.
+            PrivateKey::Ed25519(k) => ed25519_dalek::pkcs8::KeypairBytes {
+                secret_key: k.to_bytes(),
+                public_key: None,
+            }
+            .to_pkcs8_pem(lf),
             PrivateKey::Secp256k1(k) => k.to_pkcs8_pem(lf),
             PrivateKey::P256(k) => k.to_pkcs8_pem(lf),
         }
