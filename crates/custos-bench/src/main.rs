@@ -11,6 +11,7 @@
 //!
 //! The server and the load generator share the machine's cores. The last line is JSON.
 
+mod signpath;
 mod softhsm;
 
 use std::net::SocketAddr;
@@ -43,6 +44,9 @@ enum Mode {
     Soft,
     /// SoftHSM2: HTTP through Custos's PKCS#11 provider against a direct cryptoki loop on the same token.
     Softhsm,
+    /// The sign path's safety and speed features in-process: cache hits against uncached signing, guarded
+    /// (durable watermark) against unguarded signing, and the failover switch time when the primary hangs.
+    SignPath,
 }
 
 #[derive(Debug, Parser)]
@@ -252,7 +256,10 @@ pub(crate) async fn start_server(
             Arc::clone(&audit),
             metrics,
         )
-        .await?,
+        .await?
+        // Every request here signs the same message: measure signing, not the signature cache
+        // (`--mode sign-path` measures the cache).
+        .with_cache(0),
     );
     let access = Arc::new(Access::load(store, audit).await?);
     let token = access
@@ -285,6 +292,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.mode == Mode::Softhsm {
         return softhsm::run(&args);
+    }
+    if args.mode == Mode::SignPath {
+        return signpath::run(args.seconds);
     }
     let threads = args.threads.unwrap_or_else(cores);
     let message = vec![0x5au8; args.message_bytes];
