@@ -1059,10 +1059,22 @@ impl KeyManager {
                             });
                         }
                         Err(err) => {
+                            // A misbehaving provider: never retried, counted against its circuit,
+                            // and the next provider of the chain is asked. If none can sign, the
+                            // caller hears an internal error, not "retry later".
                             tracing::error!(key = %key.name, version = %version.version,
                                 provider = %location.provider, error = %err,
                                 "provider returned a signature that does not verify");
-                            ProviderError::Unavailable("returned a bad signature".into())
+                            self.circuits.failure(
+                                &location.provider,
+                                "returned a bad signature",
+                                &self.metrics,
+                            );
+                            last = Some(CoreError::Internal(format!(
+                                "provider {} returned a bad signature",
+                                location.provider
+                            )));
+                            break;
                         }
                     },
                     Err(err) if err.is_retryable() => err,
