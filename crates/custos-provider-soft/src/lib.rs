@@ -9,23 +9,21 @@
 //!
 //! Unsealed keys live in memory only inside zeroizing types.
 
+mod keymap;
 mod keystore;
 mod memory;
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use custos_provider::{
-    signing_input, Capabilities, GeneratedKey, KeyProvider, ProviderError, ProviderHealth,
-};
+use custos_provider::{Capabilities, GeneratedKey, KeyProvider, ProviderError, ProviderHealth};
 use custos_store::{SealedKey, Store, StoreError};
 use custos_types::{
     Algorithm, KeyHandle, PrivateKey, ProviderName, PublicKey, SignPayload, Timestamp,
 };
-use rand_core::{OsRng, RngCore as _};
 use secrecy::SecretString;
 
+use keymap::KeyMap;
 pub use keystore::KdfParams;
 use keystore::{DataKey, Keystore};
 pub use memory::MemoryProvider;
@@ -43,7 +41,7 @@ pub struct SoftProvider {
     name: ProviderName,
     store: Arc<dyn Store>,
     keystore: Keystore,
-    keys: RwLock<HashMap<KeyHandle, Arc<PrivateKey>>>,
+    keys: KeyMap,
 }
 
 impl SoftProvider {
@@ -59,26 +57,23 @@ impl SoftProvider {
         params: KdfParams,
     ) -> Result<SoftProvider, ProviderError> {
         let keystore = Keystore::unlock_or_create(&name, store.as_ref(), password, params).await?;
-        let mut keys = HashMap::new();
+        let keys = KeyMap::default();
         for sealed in store.list_sealed_keys(&name).await.map_err(store_error)? {
-            let key = unseal(&keystore.data_key, &sealed)?;
-            keys.insert(sealed.handle.clone(), Arc::new(key));
+            keys.insert(sealed.handle.clone(), unseal(&keystore.data_key, &sealed)?)?;
         }
         tracing::info!(provider = %name, keys = keys.len(), "software keystore unlocked");
         Ok(SoftProvider {
             name,
             store,
             keystore,
-            keys: RwLock::new(keys),
+            keys,
         })
     }
 
     /// Seals a key into the store under a fresh handle and keeps it unsealed in memory.
     async fn keep(&self, key: PrivateKey) -> Result<GeneratedKey, ProviderError> {
         let algorithm = key.algorithm();
-        let mut id = [0u8; 16];
-        OsRng.fill_bytes(&mut id);
-        let handle = KeyHandle::new(format!("soft-{}", hex::encode(id)));
+        let handle = KeyMap::new_handle("soft");
         let (nonce, ciphertext) = self
             .keystore
             .data_key
@@ -96,21 +91,8 @@ impl SoftProvider {
             .await
             .map_err(store_error)?;
         let public_key = key.public_key();
-        self.keys
-            .write()
-            .map_err(|_| ProviderError::Unavailable("key map lock poisoned".into()))?
-            .insert(handle.clone(), Arc::new(key));
+        self.keys.insert(handle.clone(), key)?;
         Ok(GeneratedKey { handle, public_key })
-    }
-
-    fn key(&self, handle: &KeyHandle) -> Result<Arc<PrivateKey>, ProviderError> {
-        let keys = self
-            .keys
-            .read()
-            .map_err(|_| ProviderError::Unavailable("key map lock poisoned".into()))?;
-        keys.get(handle)
-            .cloned()
-            .ok_or_else(|| ProviderError::UnknownKey(handle.clone()))
     }
 }
 
@@ -157,7 +139,7 @@ impl KeyProvider for SoftProvider {
     }
 
     async fn export(&self, handle: &KeyHandle) -> Result<PrivateKey, ProviderError> {
-        let key = self.key(handle)?;
+        let key = self.keys.get(handle)?;
         PrivateKey::from_secret(key.algorithm(), &key.secret())
             .map_err(|e| ProviderError::Corrupt(e.to_string()))
     }
@@ -169,7 +151,7 @@ impl KeyProvider for SoftProvider {
     }
 
     async fn public_key(&self, handle: &KeyHandle) -> Result<PublicKey, ProviderError> {
-        Ok(self.key(handle)?.public_key())
+        Ok(self.keys.get(handle)?.public_key())
     }
 
     async fn sign(
@@ -178,13 +160,7 @@ impl KeyProvider for SoftProvider {
         algorithm: Algorithm,
         payload: &SignPayload,
     ) -> Result<Vec<u8>, ProviderError> {
-        let key = self.key(handle)?;
-        if key.algorithm() != algorithm {
-            return Err(ProviderError::UnsupportedAlgorithm(algorithm));
-        }
-        signing_input(algorithm, payload)?;
-        key.sign(payload)
-            .map_err(|_| ProviderError::InvalidPayload("ECDSA signing failed"))
+        self.keys.sign(handle, algorithm, payload)
     }
 
     async fn health(&self) -> ProviderHealth {
@@ -279,7 +255,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (provider, store) = open(dir.path(), "pw").await.unwrap();
         let key = provider.generate(Algorithm::Ed25519, "t").await.unwrap();
-        let secret = provider.key(&key.handle).unwrap().secret();
+        let secret = provider.keys.get(&key.handle).unwrap().secret();
         let mut sealed = store
             .get_sealed_key(&ProviderName::new("soft").unwrap(), &key.handle)
             .await
@@ -292,8 +268,7 @@ mod tests {
         // The same ciphertext under another handle does not open.
         sealed.handle = KeyHandle::new("soft-other");
         assert!(unseal(&provider.keystore.data_key, &sealed).is_err());
-        assert!(
-            !format!("{:?}", provider.key(&key.handle).unwrap()).contains(&hex::encode(&secret))
-        );
+        assert!(!format!("{:?}", provider.keys.get(&key.handle).unwrap())
+            .contains(&hex::encode(&secret)));
     }
 }

@@ -3,21 +3,17 @@
 //! Emergency mode signs with such a key when every provider of a chain is down: a restart forgets it,
 //! which is the point: an emergency key is a short-lived, separate identity, never a copy of the real one.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-
 use async_trait::async_trait;
-use custos_provider::{
-    signing_input, Capabilities, GeneratedKey, KeyProvider, ProviderError, ProviderHealth,
-};
+use custos_provider::{Capabilities, GeneratedKey, KeyProvider, ProviderError, ProviderHealth};
 use custos_types::{Algorithm, KeyHandle, PrivateKey, ProviderName, PublicKey, SignPayload};
-use rand_core::{OsRng, RngCore as _};
+
+use crate::keymap::KeyMap;
 
 /// A provider whose keys live in process memory only.
 #[derive(Debug)]
 pub struct MemoryProvider {
     name: ProviderName,
-    keys: RwLock<HashMap<KeyHandle, Arc<PrivateKey>>>,
+    keys: KeyMap,
 }
 
 impl MemoryProvider {
@@ -25,17 +21,8 @@ impl MemoryProvider {
     pub fn new(name: ProviderName) -> MemoryProvider {
         MemoryProvider {
             name,
-            keys: RwLock::new(HashMap::new()),
+            keys: KeyMap::default(),
         }
-    }
-
-    fn key(&self, handle: &KeyHandle) -> Result<Arc<PrivateKey>, ProviderError> {
-        self.keys
-            .read()
-            .map_err(|_| ProviderError::Unavailable("key map lock poisoned".into()))?
-            .get(handle)
-            .cloned()
-            .ok_or_else(|| ProviderError::UnknownKey(handle.clone()))
     }
 }
 
@@ -63,19 +50,14 @@ impl KeyProvider for MemoryProvider {
         _label: &str,
     ) -> Result<GeneratedKey, ProviderError> {
         let key = PrivateKey::generate(algorithm);
-        let mut id = [0u8; 16];
-        OsRng.fill_bytes(&mut id);
-        let handle = KeyHandle::new(format!("memory-{}", hex::encode(id)));
+        let handle = KeyMap::new_handle("memory");
         let public_key = key.public_key();
-        self.keys
-            .write()
-            .map_err(|_| ProviderError::Unavailable("key map lock poisoned".into()))?
-            .insert(handle.clone(), Arc::new(key));
+        self.keys.insert(handle.clone(), key)?;
         Ok(GeneratedKey { handle, public_key })
     }
 
     async fn public_key(&self, handle: &KeyHandle) -> Result<PublicKey, ProviderError> {
-        Ok(self.key(handle)?.public_key())
+        Ok(self.keys.get(handle)?.public_key())
     }
 
     async fn sign(
@@ -84,13 +66,7 @@ impl KeyProvider for MemoryProvider {
         algorithm: Algorithm,
         payload: &SignPayload,
     ) -> Result<Vec<u8>, ProviderError> {
-        let key = self.key(handle)?;
-        if key.algorithm() != algorithm {
-            return Err(ProviderError::UnsupportedAlgorithm(algorithm));
-        }
-        signing_input(algorithm, payload)?;
-        key.sign(payload)
-            .map_err(|_| ProviderError::InvalidPayload("ECDSA signing failed"))
+        self.keys.sign(handle, algorithm, payload)
     }
 
     async fn health(&self) -> ProviderHealth {
@@ -101,6 +77,7 @@ impl KeyProvider for MemoryProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[tokio::test]
     async fn conformance_suite() {
