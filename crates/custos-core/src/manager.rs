@@ -1050,7 +1050,8 @@ impl KeyManager {
                     {
                         Ok(signature) => {
                             self.circuits.success(&location.provider, &self.metrics);
-                            self.note_position(&key.name, position, &location.provider);
+                            self.note_position(&key.name, position, &location.provider)
+                                .await;
                             return Ok(SignOutcome {
                                 version: version.version,
                                 provider: location.provider.clone(),
@@ -1120,8 +1121,9 @@ impl KeyManager {
         Ok(outcome)
     }
 
-    /// Notices a switch of a key's signing to another chain position: logged, counted, sent as an event.
-    fn note_position(&self, key: &KeyName, position: usize, provider: &ProviderName) {
+    /// Notices a switch of a key's signing to another chain position: logged, counted, written to the
+    /// audit log and sent as an event.
+    async fn note_position(&self, key: &KeyName, position: usize, provider: &ProviderName) {
         let previous = {
             let mut last = self.last_position.lock().unwrap_or_else(|p| p.into_inner());
             last.insert(key.clone(), position)
@@ -1147,6 +1149,13 @@ impl KeyManager {
             self.metrics.failbacks.inc();
         }
         self.circuits.switched_to(provider);
+        let mut entry = RequestContext::system("failover").entry("provider_switch");
+        entry.key = Some(key.to_string());
+        entry.provider = Some(provider.to_string());
+        entry.subject = Some(format!("{direction} from {from}"));
+        if let Err(e) = self.audit.append(entry).await {
+            tracing::error!(error = %e, "cannot write the provider switch to the audit log");
+        }
         self.events.emit(Event::ProviderSwitch {
             key: key.to_string(),
             from,

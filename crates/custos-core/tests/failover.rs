@@ -184,6 +184,24 @@ async fn primary_down_secondary_signs_within_the_budget_then_fails_back() {
         custos_core::CircuitState::Closed
     );
     assert_eq!(km.circuit(&name("secondary")).unwrap().switches_to, 1);
+    // Both switches are in the audit log.
+    let switches = km
+        .audit()
+        .query(&custos_store::AuditQuery {
+            operation: Some("provider_switch".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let subjects: Vec<_> = switches
+        .iter()
+        .map(|r| r.entry.subject.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        subjects,
+        ["failover from primary", "failback from secondary"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
