@@ -92,11 +92,12 @@ async fn rig(cache: usize, failover: FailoverConfig) -> anyhow::Result<Rig> {
     })
 }
 
-/// Runs `callers` tasks, each calling `work(caller, n)` in a loop for `seconds`; returns calls per second.
+/// Runs `callers` tasks, each calling `work(caller, n)` in a loop for `seconds`; returns successful calls
+/// per second. A failed call is reported and not counted.
 async fn throughput<F, Fut>(callers: usize, seconds: f64, work: F) -> f64
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    Fut: std::future::Future<Output = Result<(), custos_core::CoreError>> + Send,
 {
     let work = Arc::new(work);
     let stop = Arc::new(AtomicBool::new(false));
@@ -109,8 +110,12 @@ where
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    work(caller, n).await;
-                    count.fetch_add(1, Ordering::Relaxed);
+                    match work(caller, n).await {
+                        Ok(()) => {
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => eprintln!("sign failed: {e}"),
+                    }
                 }
             })
         })
@@ -154,7 +159,7 @@ pub fn run(seconds: f64) -> anyhow::Result<()> {
                 async move {
                     km.sign(&ctx(), &name, &request(b"the same block", None))
                         .await
-                        .expect("sign");
+                        .map(drop)
                 }
             })
             .await;
@@ -182,7 +187,7 @@ pub fn run(seconds: f64) -> anyhow::Result<()> {
                             &request(&message, guarded.then_some(n)),
                         )
                         .await
-                        .expect("sign");
+                        .map(drop)
                     }
                 })
                 .await;
@@ -247,10 +252,12 @@ pub fn run(seconds: f64) -> anyhow::Result<()> {
                         }
                     }
                     Ok(_) => {}
-                    Err(_) => {
+                    Err(e) => {
                         fail.fetch_add(1, Ordering::Relaxed);
+                        return Err(e);
                     }
                 }
+                Ok(())
             }
         }));
         tokio::time::sleep(Duration::from_secs_f64(seconds.max(2.0) / 3.0)).await;
