@@ -49,7 +49,7 @@ struct Header {
 }
 
 const HEADER_FORMAT: u32 = 1;
-const NONCE_LEN: usize = 24;
+pub(crate) const NONCE_LEN: usize = 24;
 
 /// The 256-bit key that seals every private key of one software provider.
 pub(crate) struct DataKey(Zeroizing<[u8; 32]>);

@@ -96,6 +96,16 @@ impl SoftProvider {
     }
 }
 
+/// The first byte of a sealed secret.
+const SEAL_VERSION: u8 = 1;
+
+/// Associated data of sealed secrets: a domain different from sealed keys', the provider, the context.
+fn seal_aad(provider: &ProviderName, context: &[u8]) -> Vec<u8> {
+    let mut aad = format!("custos-soft-seal-v1\0{provider}\0").into_bytes();
+    aad.extend_from_slice(context);
+    aad
+}
+
 fn aad(provider: &ProviderName, handle: &KeyHandle, algorithm: Algorithm) -> Vec<u8> {
     format!("custos-soft-key-v1\0{provider}\0{handle}\0{algorithm}").into_bytes()
 }
@@ -148,6 +158,36 @@ impl KeyProvider for SoftProvider {
         let copy = PrivateKey::from_secret(key.algorithm(), &key.secret())
             .map_err(|e| ProviderError::Corrupt(e.to_string()))?;
         self.keep(copy).await
+    }
+
+    /// Seals under the keystore's data key: a version byte, the 24-byte nonce, the ciphertext and tag.
+    async fn seal(&self, plaintext: &[u8], context: &[u8]) -> Result<Vec<u8>, ProviderError> {
+        let (nonce, ciphertext) = self
+            .keystore
+            .data_key
+            .seal(plaintext, &seal_aad(&self.name, context))?;
+        let mut out = Vec::with_capacity(1 + nonce.len() + ciphertext.len());
+        out.push(SEAL_VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ciphertext);
+        Ok(out)
+    }
+
+    async fn unseal(
+        &self,
+        sealed: &[u8],
+        context: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, ProviderError> {
+        let corrupt = || ProviderError::Corrupt("sealed secret does not decrypt".into());
+        let (version, rest) = sealed.split_first().ok_or_else(corrupt)?;
+        if *version != SEAL_VERSION || rest.len() < keystore::NONCE_LEN {
+            return Err(corrupt());
+        }
+        let (nonce, ciphertext) = rest.split_at(keystore::NONCE_LEN);
+        self.keystore
+            .data_key
+            .open(nonce, ciphertext, &seal_aad(&self.name, context))
+            .ok_or_else(corrupt)
     }
 
     async fn public_key(&self, handle: &KeyHandle) -> Result<PublicKey, ProviderError> {

@@ -82,6 +82,7 @@ pub async fn run(harness: Harness) {
     for &alg in &caps.algorithms {
         share(provider.as_ref(), alg).await;
     }
+    sealing(provider.as_ref()).await;
     unknown_key(provider.as_ref(), caps.algorithms[0]).await;
     wrong_algorithm(provider.as_ref(), &caps.algorithms).await;
     unavailable(harness.unavailable.as_ref(), caps.algorithms[0]).await;
@@ -147,6 +148,45 @@ async fn share(provider: &dyn KeyProvider, alg: Algorithm) {
         Err(ProviderError::NotSupported(_)) => assert!(!caps.import, "import refused"),
         Err(e) => panic!("import {alg}: {e}"),
     }
+}
+
+/// Sealing, where offered: a round trip; another context, a flipped bit or a truncation is refused as
+/// corrupt; two seals of one secret differ (fresh nonces).
+async fn sealing(provider: &dyn KeyProvider) {
+    let secret = b"a stored private key";
+    let sealed = match provider.seal(secret, b"context-1").await {
+        Ok(sealed) => sealed,
+        Err(ProviderError::NotSupported(_)) => return,
+        Err(e) => panic!("seal: {e}"),
+    };
+    assert!(
+        !sealed.windows(secret.len()).any(|w| w == secret),
+        "sealed bytes hold the plaintext"
+    );
+    let opened = provider
+        .unseal(&sealed, b"context-1")
+        .await
+        .expect("unseal");
+    assert_eq!(opened.as_slice(), secret);
+    assert_ne!(
+        provider.seal(secret, b"context-1").await.expect("seal"),
+        sealed
+    );
+    assert!(matches!(
+        provider.unseal(&sealed, b"context-2").await,
+        Err(ProviderError::Corrupt(_))
+    ));
+    let mut flipped = sealed.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    assert!(matches!(
+        provider.unseal(&flipped, b"context-1").await,
+        Err(ProviderError::Corrupt(_))
+    ));
+    assert!(matches!(
+        provider.unseal(&sealed[..4], b"context-1").await,
+        Err(ProviderError::Corrupt(_))
+    ));
 }
 
 async fn generate_sign_verify(

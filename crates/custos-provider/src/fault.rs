@@ -103,6 +103,20 @@ impl KeyProvider for FaultyProvider {
         self.inner.import(key, label).await
     }
 
+    async fn seal(&self, plaintext: &[u8], context: &[u8]) -> Result<Vec<u8>, ProviderError> {
+        self.gate().await?;
+        self.inner.seal(plaintext, context).await
+    }
+
+    async fn unseal(
+        &self,
+        sealed: &[u8],
+        context: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, ProviderError> {
+        self.gate().await?;
+        self.inner.unseal(sealed, context).await
+    }
+
     async fn public_key(&self, handle: &KeyHandle) -> Result<PublicKey, ProviderError> {
         self.gate().await?;
         self.inner.public_key(handle).await

@@ -17,6 +17,7 @@ use std::fmt::Debug;
 use async_trait::async_trait;
 use custos_types::{Algorithm, KeyHandle, PrivateKey, ProviderName, PublicKey, SignPayload};
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 pub use error::ProviderError;
 
@@ -138,6 +139,29 @@ pub trait KeyProvider: Send + Sync + Debug {
         let _ = (key, label);
         Err(ProviderError::NotSupported(
             "this provider cannot import key material",
+        ))
+    }
+
+    /// Encrypts a small secret (a stored key, an API secret, a data key) under a key that never leaves
+    /// the provider, binding `context` as associated data; only [`KeyProvider::unseal`] with the same
+    /// context opens it. Providers without symmetric encryption keep the default.
+    async fn seal(&self, plaintext: &[u8], context: &[u8]) -> Result<Vec<u8>, ProviderError> {
+        let _ = (plaintext, context);
+        Err(ProviderError::NotSupported(
+            "this provider cannot encrypt secrets",
+        ))
+    }
+
+    /// Opens what [`KeyProvider::seal`] produced with the same `context`; [`ProviderError::Corrupt`] when
+    /// the bytes or the context do not match.
+    async fn unseal(
+        &self,
+        sealed: &[u8],
+        context: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
+        let _ = (sealed, context);
+        Err(ProviderError::NotSupported(
+            "this provider cannot encrypt secrets",
         ))
     }
 
