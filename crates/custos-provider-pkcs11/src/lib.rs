@@ -28,7 +28,14 @@ use custos_types::{Algorithm, KeyHandle, PrivateKey, ProviderName, PublicKey, Si
 use rand_core::{OsRng, RngCore as _};
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
-use zeroize::Zeroize as _;
+use zeroize::{Zeroize as _, Zeroizing};
+
+/// The label of the token's AES sealing key.
+const SEAL_KEY_LABEL: &[u8] = b"custos-seal-v1";
+/// The first byte of a sealed secret.
+const SEAL_VERSION: u8 = 1;
+/// AES-GCM IV length.
+const GCM_IV_LEN: usize = 12;
 
 use token::Token;
 pub use token::TokenRef;
@@ -59,6 +66,8 @@ struct Inner {
     name: ProviderName,
     token: Token,
     keys: RwLock<HashMap<KeyHandle, KeyInfo>>,
+    /// Held while the sealing key is looked up or made, so that one process never makes two.
+    seal_lock: std::sync::Mutex<()>,
 }
 
 /// The PKCS#11 provider.
@@ -87,6 +96,7 @@ impl Pkcs11Provider {
                 name,
                 token,
                 keys: RwLock::new(HashMap::new()),
+                seal_lock: std::sync::Mutex::new(()),
             }),
             permits: Semaphore::new(sessions),
         })
@@ -280,6 +290,72 @@ impl Inner {
         })
     }
 
+    /// The token's AES-256 sealing key (label `custos-seal-v1`), made on first use: sensitive,
+    /// non-extractable, encrypt/decrypt only.
+    fn seal_key(&self, session: &Session) -> cryptoki::error::Result<ObjectHandle> {
+        let _held = self.seal_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let label = Attribute::Label(SEAL_KEY_LABEL.to_vec());
+        let found = session.find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            label.clone(),
+        ])?;
+        if let Some(&key) = found.first() {
+            return Ok(key);
+        }
+        session.generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                label,
+            ],
+        )
+    }
+
+    /// AES-256-GCM under the token's sealing key: a version byte, the 12-byte IV, ciphertext and tag.
+    fn seal(&self, plaintext: &[u8], context: &[u8]) -> Result<Vec<u8>, ProviderError> {
+        let mut iv = [0u8; GCM_IV_LEN];
+        OsRng.fill_bytes(&mut iv);
+        let ciphertext = self.token.with_session(|session| {
+            let key = self.seal_key(session)?;
+            let mut iv = iv;
+            let params = cryptoki::mechanism::aead::GcmParams::new(&mut iv, context, 128.into())?;
+            session.encrypt(&Mechanism::AesGcm(params), key, plaintext)
+        })?;
+        let mut out = Vec::with_capacity(1 + GCM_IV_LEN + ciphertext.len());
+        out.push(SEAL_VERSION);
+        out.extend_from_slice(&iv);
+        out.extend_from_slice(&ciphertext);
+        Ok(out)
+    }
+
+    fn unseal(&self, sealed: &[u8], context: &[u8]) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
+        let corrupt = || ProviderError::Corrupt("sealed secret does not decrypt".into());
+        let (version, rest) = sealed.split_first().ok_or_else(corrupt)?;
+        if *version != SEAL_VERSION || rest.len() < GCM_IV_LEN + 16 {
+            return Err(corrupt());
+        }
+        let (iv, ciphertext) = rest.split_at(GCM_IV_LEN);
+        let opened = self.token.with_session(|session| {
+            let key = self.seal_key(session)?;
+            let mut iv: [u8; GCM_IV_LEN] = iv.try_into().unwrap_or([0; GCM_IV_LEN]);
+            let params = cryptoki::mechanism::aead::GcmParams::new(&mut iv, context, 128.into())?;
+            // A failed tag check is an answer ("corrupt"), not a token failure.
+            Ok(session
+                .decrypt(&Mechanism::AesGcm(params), key, ciphertext)
+                .ok())
+        })?;
+        opened.map(Zeroizing::new).ok_or_else(corrupt)
+    }
+
     fn sign(
         &self,
         handle: &KeyHandle,
@@ -341,6 +417,22 @@ impl KeyProvider for Pkcs11Provider {
     ) -> Result<GeneratedKey, ProviderError> {
         let label = label.to_owned();
         self.blocking(move |inner| inner.generate(algorithm, &label))
+            .await
+    }
+
+    async fn seal(&self, plaintext: &[u8], context: &[u8]) -> Result<Vec<u8>, ProviderError> {
+        let (plaintext, context) = (Zeroizing::new(plaintext.to_vec()), context.to_vec());
+        self.blocking(move |inner| inner.seal(&plaintext, &context))
+            .await
+    }
+
+    async fn unseal(
+        &self,
+        sealed: &[u8],
+        context: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
+        let (sealed, context) = (sealed.to_vec(), context.to_vec());
+        self.blocking(move |inner| inner.unseal(&sealed, &context))
             .await
     }
 
