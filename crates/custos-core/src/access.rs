@@ -188,6 +188,42 @@ pub struct Access {
     store: Arc<dyn Store>,
     tokens: RwLock<HashMap<String, Arc<Entry>>>,
     audit: Arc<AuditLog>,
+    /// AWS access key id → (token id, secret access key), unsealed at start.
+    aws: RwLock<HashMap<String, (String, SecretString)>>,
+}
+
+/// An AWS-style credential for the KMS-compatible API: an access key id and a secret access key for
+/// Signature Version 4, bound to a token whose scopes and life it shares.
+pub struct AwsCredential {
+    /// The access key id (`CSTS` and the token id in capitals).
+    pub access_key_id: String,
+    /// The secret access key (shown once).
+    pub secret_access_key: SecretString,
+    /// The token it is bound to.
+    pub record: TokenRecord,
+}
+
+impl fmt::Debug for AwsCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsCredential")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where an AWS credential's sealed secret is kept.
+const AWS_PREFIX: &str = "aws_credential:";
+
+/// The stored form of an AWS credential: the sealed secret, never the secret.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredAwsCredential {
+    token_id: String,
+    /// Hex of what the provider's `seal` returned.
+    sealed: String,
+}
+
+fn aws_context(access_key_id: &str) -> Vec<u8> {
+    format!("custos-aws-credential-v1\0{access_key_id}").into_bytes()
 }
 
 impl fmt::Debug for Access {
@@ -227,6 +263,114 @@ impl Access {
             store,
             tokens: RwLock::new(tokens),
             audit,
+            aws: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// Unseals every stored AWS credential with `sealer` (the provider that sealed them); run at start
+    /// when the KMS-compatible API is on. Returns how many there are.
+    pub async fn load_aws(
+        &self,
+        sealer: &dyn custos_provider::KeyProvider,
+    ) -> Result<usize, CoreError> {
+        let mut loaded = HashMap::new();
+        for (name, value) in self.store.list_settings(AWS_PREFIX).await? {
+            let access_key_id = name.trim_start_matches(AWS_PREFIX).to_owned();
+            let stored: StoredAwsCredential = serde_json::from_slice(&value)
+                .map_err(|e| CoreError::Internal(format!("AWS credential {access_key_id}: {e}")))?;
+            let sealed = hex::decode(&stored.sealed)
+                .map_err(|e| CoreError::Internal(format!("AWS credential {access_key_id}: {e}")))?;
+            let secret = sealer.unseal(&sealed, &aws_context(&access_key_id)).await?;
+            let secret = String::from_utf8(secret.to_vec())
+                .map_err(|_| CoreError::Internal("an AWS secret is not text".into()))?;
+            loaded.insert(access_key_id, (stored.token_id, SecretString::from(secret)));
+        }
+        let count = loaded.len();
+        *self
+            .aws
+            .write()
+            .map_err(|_| CoreError::Internal("credential map lock poisoned".into()))? = loaded;
+        Ok(count)
+    }
+
+    /// Issues a token with `scopes` together with an AWS access key for it; the secret access key is
+    /// sealed by `sealer` in the store (Signature Version 4 needs it in the clear to check a request, so
+    /// unlike a token it cannot be kept as a hash). Audited like a token.
+    pub async fn issue_aws(
+        &self,
+        ctx: &RequestContext,
+        name: &str,
+        scopes: &[Scope],
+        expires_at: Option<Timestamp>,
+        sealer: &dyn custos_provider::KeyProvider,
+    ) -> Result<AwsCredential, CoreError> {
+        let issued = self.issue(ctx, name, scopes, expires_at).await?;
+        let access_key_id = format!("CSTS{}", issued.record.id.to_uppercase());
+        let mut secret = [0u8; 30];
+        OsRng.fill_bytes(&mut secret);
+        let secret = zeroize::Zeroizing::new(base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            secret,
+        ));
+        let sealed = sealer
+            .seal(secret.as_bytes(), &aws_context(&access_key_id))
+            .await?;
+        let stored = serde_json::to_vec(&StoredAwsCredential {
+            token_id: issued.record.id.clone(),
+            sealed: hex::encode(sealed),
+        })
+        .map_err(|e| CoreError::Internal(e.to_string()))?;
+        self.store
+            .put_setting(&format!("{AWS_PREFIX}{access_key_id}"), &stored)
+            .await?;
+        let secret = SecretString::from(secret.to_string());
+        self.aws
+            .write()
+            .map_err(|_| CoreError::Internal("credential map lock poisoned".into()))?
+            .insert(
+                access_key_id.clone(),
+                (issued.record.id.clone(), secret.clone()),
+            );
+        Ok(AwsCredential {
+            access_key_id,
+            secret_access_key: secret,
+            record: issued.record,
+        })
+    }
+
+    /// For Signature Version 4: the principal and secret behind an access key id, if its token is valid.
+    pub fn aws_secret(&self, access_key_id: &str) -> Result<(Principal, SecretString), CoreError> {
+        let (token_id, secret) = self
+            .aws
+            .read()
+            .map_err(|_| CoreError::Internal("credential map lock poisoned".into()))?
+            .get(access_key_id)
+            .cloned()
+            .ok_or(CoreError::Unauthenticated)?;
+        let entry = self
+            .tokens
+            .read()
+            .map_err(|_| CoreError::Internal("token map lock poisoned".into()))?
+            .get(&token_id)
+            .cloned()
+            .ok_or(CoreError::Unauthenticated)?;
+        Ok((Self::principal(&entry)?, secret))
+    }
+
+    /// The principal of a token entry, unless it is revoked or expired; records the use.
+    fn principal(entry: &Entry) -> Result<Principal, CoreError> {
+        let record = &entry.record;
+        let now = Timestamp::now();
+        if record.revoked_at.is_some() || record.expires_at.is_some_and(|t| t <= now) {
+            return Err(CoreError::Unauthenticated);
+        }
+        entry
+            .last_used_us
+            .store(now.as_microsecond(), Ordering::Relaxed);
+        Ok(Principal {
+            token_id: record.id.clone(),
+            name: record.name.clone(),
+            scopes: Arc::clone(&entry.scopes),
         })
     }
 
@@ -254,22 +398,10 @@ impl Access {
             let _ = presented.ct_eq(&[0u8; 32]);
             return Err(CoreError::Unauthenticated);
         };
-        let record = &entry.record;
-        let now = Timestamp::now();
-        if !bool::from(presented.ct_eq(&record.secret_hash))
-            || record.revoked_at.is_some()
-            || record.expires_at.is_some_and(|t| t <= now)
-        {
+        if !bool::from(presented.ct_eq(&entry.record.secret_hash)) {
             return Err(CoreError::Unauthenticated);
         }
-        entry
-            .last_used_us
-            .store(now.as_microsecond(), Ordering::Relaxed);
-        Ok(Principal {
-            token_id: record.id.clone(),
-            name: record.name.clone(),
-            scopes: Arc::clone(&entry.scopes),
-        })
+        Self::principal(&entry)
     }
 
     /// Issues a token with `scopes`, valid until `expires_at` (or forever). Audited.

@@ -18,7 +18,7 @@ mod manager;
 mod metrics;
 mod rotation;
 
-pub use access::{Access, IssuedToken, Operation, Principal, Scope};
+pub use access::{Access, AwsCredential, IssuedToken, Operation, Principal, Scope};
 pub use audit::{AuditConfig, AuditLog, AuditSink};
 pub use context::RequestContext;
 pub use emergency::EMERGENCY_PROVIDER;

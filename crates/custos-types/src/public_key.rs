@@ -224,6 +224,17 @@ impl PublicKey {
         &self.bytes
     }
 
+    /// The key as DER SubjectPublicKeyInfo, as AWS KMS `GetPublicKey` returns it.
+    pub fn to_spki_der(&self) -> Vec<u8> {
+        let der = match &self.parsed {
+            Parsed::Ed25519(k) => k.to_public_key_der(),
+            Parsed::Secp256k1(k) => k.to_public_key_der(),
+            Parsed::P256(k) => k.to_public_key_der(),
+        };
+        // The bytes were validated at construction, so encoding cannot fail.
+        der.map(|d| d.as_bytes().to_vec()).unwrap_or_default()
+    }
+
     /// The key as a PEM `PUBLIC KEY` (SubjectPublicKeyInfo), as OpenSSL reads it.
     pub fn to_pem(&self) -> String {
         let pem = match &self.parsed {
