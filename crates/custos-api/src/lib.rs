@@ -439,6 +439,10 @@ pub struct CreateTokenRequest {
     /// Lifetime in seconds (default: no expiry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_seconds: Option<u64>,
+    /// Also issue an AWS access key for the KMS-compatible API (Signature Version 4), with the same
+    /// scopes and life.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub aws: bool,
 }
 
 /// A new token; the token itself is shown only here.
@@ -455,6 +459,12 @@ pub struct CreateTokenResponse {
     /// When it expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
+    /// The AWS access key id, when `aws` was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_access_key_id: Option<String>,
+    /// The AWS secret access key (shown once), when `aws` was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_secret_access_key: Option<String>,
 }
 
 /// A token as listed (never the secret).

@@ -199,8 +199,8 @@ pub struct AwsCredential {
     pub access_key_id: String,
     /// The secret access key (shown once).
     pub secret_access_key: SecretString,
-    /// The token it is bound to.
-    pub record: TokenRecord,
+    /// The token it is bound to (also usable as a bearer token).
+    pub token: IssuedToken,
 }
 
 impl fmt::Debug for AwsCredential {
@@ -334,7 +334,7 @@ impl Access {
         Ok(AwsCredential {
             access_key_id,
             secret_access_key: secret,
-            record: issued.record,
+            token: issued,
         })
     }
 

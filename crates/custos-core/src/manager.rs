@@ -309,6 +309,12 @@ impl KeyManager {
         self.providers.values()
     }
 
+    /// The provider that holds keys created without a chain, and seals secrets (stored AWS credentials,
+    /// symmetric KMS ciphertexts).
+    pub fn default_provider(&self) -> &Arc<dyn KeyProvider> {
+        &self.providers[&self.default_provider]
+    }
+
     /// One provider by name.
     pub fn provider(&self, name: &ProviderName) -> Option<&Arc<dyn KeyProvider>> {
         self.providers.get(name)

@@ -262,7 +262,7 @@ mod tests {
         let gap = policy("Europe/Berlin", "02:30:00", 2)
             .due_after(made)
             .unwrap();
-        assert_eq!(gap.to_string(), "2026-03-29T00:30:00Z");
+        assert_eq!(gap.to_string(), "2026-03-29T01:30:00Z");
         let tokyo = policy("Asia/Tokyo", "00:00:00", 30)
             .due_after(made)
             .unwrap();

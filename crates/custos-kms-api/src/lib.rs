@@ -144,16 +144,24 @@ impl IntoResponse for KmsError {
     }
 }
 
+/// The routes of the API: `POST /`.
+pub fn router(api: KmsApi) -> axum::Router {
+    axum::Router::new()
+        .route("/", axum::routing::post(handle))
+        .with_state(api)
+}
+
 /// The handler for `POST /`: checks the signature, then runs the operation named by `X-Amz-Target`.
 pub async fn handle(
     State(api): State<KmsApi>,
-    peer: Option<ConnectInfo<std::net::SocketAddr>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    parts: axum::http::request::Parts,
     body: Bytes,
 ) -> Response {
-    match serve(&api, peer.map(|p| p.0), &method, &uri, &headers, &body).await {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    match serve(&api, peer, &parts.method, &parts.uri, &parts.headers, &body).await {
         Ok(json) => (
             StatusCode::OK,
             [("content-type", "application/x-amz-json-1.1")],

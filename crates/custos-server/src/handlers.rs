@@ -357,10 +357,30 @@ pub async fn create_token(
             Some(Timestamp::now() + jiff::SignedDuration::from_secs(secs))
         }
     };
-    let issued = state
-        .access
-        .issue(&ctx, &request.name, &scopes, expires_at)
-        .await?;
+    let (issued, aws) = if request.aws {
+        let credential = state
+            .access
+            .issue_aws(
+                &ctx,
+                &request.name,
+                &scopes,
+                expires_at,
+                state.keys.default_provider().as_ref(),
+            )
+            .await?;
+        let aws = (
+            credential.access_key_id,
+            credential.secret_access_key.expose_secret().to_owned(),
+        );
+        (credential.token, Some(aws))
+    } else {
+        let issued = state
+            .access
+            .issue(&ctx, &request.name, &scopes, expires_at)
+            .await?;
+        (issued, None)
+    };
+    let (aws_access_key_id, aws_secret_access_key) = aws.unzip();
     Ok((
         StatusCode::CREATED,
         Json(CreateTokenResponse {
@@ -370,6 +390,8 @@ pub async fn create_token(
             token: issued.token.expose_secret().to_owned(),
             scopes: issued.record.scopes.clone(),
             expires_at: issued.record.expires_at,
+            aws_access_key_id,
+            aws_secret_access_key,
         }),
     ))
 }

@@ -99,6 +99,12 @@ pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
 /// Builds the router with every route and layer.
 pub fn router(state: AppState, options: HttpOptions) -> Router {
+    router_with(state, options, Router::new())
+}
+
+/// [`router`] with more routes (for example the KMS-compatible API at `POST /`) under the same guards:
+/// request ids, the concurrency budget, the timeout, the body limit and the per-route counters.
+pub fn router_with(state: AppState, options: HttpOptions, extra: Router) -> Router {
     Router::new()
         .route("/v1/health", get(handlers::health))
         .route("/v1/openapi.json", get(handlers::openapi))
@@ -128,6 +134,8 @@ pub fn router(state: AppState, options: HttpOptions) -> Router {
         .route("/v1/audit/export", get(handlers::export_audit))
         .route("/v1/audit/verify", get(handlers::verify_audit))
         .route("/v1/audit/key", get(handlers::audit_key))
+        .with_state(state.clone())
+        .merge(extra)
         .route_layer(middleware::from_fn_with_state(state.clone(), count))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
@@ -150,7 +158,6 @@ pub fn router(state: AppState, options: HttpOptions) -> Router {
                 governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
             }),
         })))
-        .with_state(state)
 }
 
 /// Every request: a request id (in the logs' span, the audit records and the `x-request-id` header)

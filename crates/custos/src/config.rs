@@ -199,6 +199,41 @@ pub struct Config {
     /// Scheduled rotation (`[rotation]`).
     #[serde(default)]
     pub rotation: RotationSettings,
+    /// The AWS KMS-compatible API on `POST /` (`[kms_api]`); off unless enabled.
+    #[serde(default)]
+    pub kms_api: KmsApiSettings,
+}
+
+/// The `[kms_api]` section.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KmsApiSettings {
+    /// Serve `POST /` with `X-Amz-Target: TrentService.*` (default false).
+    #[serde(default)]
+    pub enabled: bool,
+    /// The region in ARNs, and the one clients sign for (default `us-east-1`).
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// The 12-digit account in ARNs (default `000000000000`).
+    #[serde(default = "default_account")]
+    pub account: String,
+}
+
+impl Default for KmsApiSettings {
+    fn default() -> Self {
+        KmsApiSettings {
+            enabled: false,
+            region: default_region(),
+            account: default_account(),
+        }
+    }
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_account() -> String {
+    "000000000000".into()
 }
 
 /// One `[[webhooks]]` entry.

@@ -363,6 +363,10 @@ enum TokenCommand {
         /// Lifetime in seconds (default: no expiry).
         #[arg(long)]
         expires_in: Option<u64>,
+        /// Also issue an AWS access key id and secret for the KMS-compatible API (AWS Signature
+        /// Version 4), with the same scopes: use them with the aws CLI, boto3 or an AWS SDK.
+        #[arg(long)]
+        aws: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -548,12 +552,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             scopes,
             expires_in,
+            aws,
             conn,
         }) => {
             let body = CreateTokenRequest {
                 name,
                 scopes,
                 expires_in_seconds: expires_in,
+                aws,
             };
             let client = connect(&conn)?;
             let r: CreateTokenResponse =
@@ -568,6 +574,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     out!("expires {at}");
                 }
                 out!("(shown once: Custos keeps only a hash)");
+                if let (Some(id), Some(secret)) = (&r.aws_access_key_id, &r.aws_secret_access_key) {
+                    out!();
+                    out!("For the KMS-compatible API (shown once; kept sealed by the key provider):");
+                    out!("  export AWS_ACCESS_KEY_ID={id}");
+                    out!("  export AWS_SECRET_ACCESS_KEY={secret}");
+                    out!("  aws kms list-keys --endpoint-url <the Custos address> --region <kms_api.region>");
+                }
             }
         }
     }

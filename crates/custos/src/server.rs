@@ -20,6 +20,7 @@ use crate::config::{Config, ProviderConfig};
 pub struct Opened {
     pub keys: Arc<KeyManager>,
     pub access: Arc<Access>,
+    pub store: Arc<dyn Store>,
 }
 
 /// Whether to create the data directory when it does not exist.
@@ -171,10 +172,11 @@ pub async fn open(
     )
     .with_cache(config.max_cache_size)
     .with_events(custos_core::Events::webhooks(webhooks));
-    let access = Access::load(store, audit).await?;
+    let access = Access::load(Arc::clone(&store), audit).await?;
     Ok(Opened {
         keys: Arc::new(keys),
         access: Arc::new(access),
+        store,
     })
 }
 
@@ -384,10 +386,30 @@ pub async fn run(
             }
         })
     });
+    let kms = if config.kms_api.enabled {
+        let sealer = Arc::clone(opened.keys.default_provider());
+        let count = opened
+            .access
+            .load_aws(sealer.as_ref())
+            .await
+            .context("cannot unseal the AWS access keys of the KMS-compatible API")?;
+        tracing::info!(access_keys = count, "KMS-compatible API on POST /");
+        let api = custos_kms_api::KmsApi::new(
+            Arc::clone(&opened.keys),
+            Arc::clone(&opened.access),
+            Arc::clone(&opened.store),
+            sealer,
+            config.kms_api.region.clone(),
+            config.kms_api.account.clone(),
+        );
+        custos_kms_api::router(api)
+    } else {
+        Default::default()
+    };
     let access = Arc::clone(&opened.access);
     let audit = Arc::clone(opened.keys.audit());
     let state = AppState::new(opened.keys, opened.access);
-    let app = custos_server::router(
+    let app = custos_server::router_with(
         state,
         HttpOptions {
             max_body_bytes: config.max_body_bytes,
@@ -406,6 +428,7 @@ pub async fn run(
                 )
             }),
         },
+        kms,
     );
     let tls = config.tls.as_ref().map(|t| TlsFiles {
         cert: t.cert_file.clone(),
