@@ -576,7 +576,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out!("(shown once: Custos keeps only a hash)");
                 if let (Some(id), Some(secret)) = (&r.aws_access_key_id, &r.aws_secret_access_key) {
                     out!();
-                    out!("For the KMS-compatible API (shown once; kept sealed by the key provider):");
+                    out!(
+                        "For the KMS-compatible API (shown once; kept sealed by the key provider):"
+                    );
                     out!("  export AWS_ACCESS_KEY_ID={id}");
                     out!("  export AWS_SECRET_ACCESS_KEY={secret}");
                     out!("  aws kms list-keys --endpoint-url <the Custos address> --region <kms_api.region>");
