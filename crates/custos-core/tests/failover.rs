@@ -158,18 +158,19 @@ async fn primary_down_secondary_signs_within_the_budget_then_fails_back() {
     );
 
     rig.primary.set(Fault::Unavailable);
-    let started = Instant::now();
+    let (calls, started) = (rig.primary.sign_calls(), Instant::now());
     let signed = km.sign(&ctx(), &key(), &message(b"b")).await.unwrap();
     assert_eq!(signed.provider, name("secondary"));
-    assert!(started.elapsed() < failover.retry_budget(0) + Duration::from_millis(100));
+    // Two attempts on the primary (the second one opens its circuit), then the secondary; the bound on
+    // time is loose because the big-endian lane runs under an emulator.
+    assert_eq!(rig.primary.sign_calls() - calls, 2);
+    assert!(started.elapsed() < failover.retry_budget(0) + Duration::from_secs(2));
     assert_eq!(km.metrics().failovers.get(), 1);
     // The circuit is open now: the next request does not touch the primary at all.
     let calls = rig.primary.sign_calls();
-    let started = Instant::now();
     let signed = km.sign(&ctx(), &key(), &message(b"c")).await.unwrap();
     assert_eq!(signed.provider, name("secondary"));
     assert_eq!(rig.primary.sign_calls(), calls);
-    assert!(started.elapsed() < Duration::from_millis(50));
     let circuit = km.circuit(&name("primary")).unwrap();
     assert_eq!(circuit.state, custos_core::CircuitState::Open);
 
@@ -210,7 +211,7 @@ async fn a_hanging_primary_times_out_and_a_permanent_error_is_not_retried() {
     let rig = rig(dir.path(), config(false)).await;
     chain_key(&rig).await;
     rig.primary.set(Fault::Hang);
-    let started = Instant::now();
+    let (calls, started) = (rig.primary.sign_calls(), Instant::now());
     let signed = rig.km.sign(&ctx(), &key(), &message(b"a")).await.unwrap();
     assert_eq!(signed.provider, name("secondary"));
     let took = started.elapsed();
@@ -218,7 +219,7 @@ async fn a_hanging_primary_times_out_and_a_permanent_error_is_not_retried() {
         took >= Duration::from_millis(400),
         "two timed-out attempts: {took:?}"
     );
-    assert!(took < Duration::from_millis(700), "{took:?}");
+    assert_eq!(rig.primary.sign_calls() - calls, 2, "no third attempt");
 
     // A refusal is permanent: no retry, no failover, the caller hears it.
     rig.primary.set(Fault::None);
