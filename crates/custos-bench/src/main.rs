@@ -11,6 +11,7 @@
 //!
 //! The server and the load generator share the machine's cores. The last line is JSON.
 
+mod kms;
 mod signpath;
 mod softhsm;
 
@@ -44,6 +45,9 @@ enum Mode {
     Soft,
     /// SoftHSM2: HTTP through Custos's PKCS#11 provider against a direct cryptoki loop on the same token.
     Softhsm,
+    /// The KMS-compatible API's Sign against the native sign API, same key, server and machine; and the
+    /// moto KMS emulator's Sign with the same AWS SDK client, for context.
+    Kms,
     /// The sign path's safety and speed features in-process: cache hits against uncached signing, guarded
     /// (durable watermark) against unguarded signing, and the failover switch time when the primary hangs.
     SignPath,
@@ -103,9 +107,11 @@ fn on_all_cores(threads: usize, seconds: f64, work: impl Fn() + Sync) -> f64 {
 pub(crate) struct Target {
     addr: SocketAddr,
     token: String,
+    /// An AWS access key id and secret for the KMS-compatible API on the same server.
+    pub(crate) aws: (String, String),
 }
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -261,21 +267,33 @@ pub(crate) async fn start_server(
         // (`--mode sign-path` measures the cache).
         .with_cache(0),
     );
-    let access = Arc::new(Access::load(store, audit).await?);
-    let token = access
-        .issue(
+    let access = Arc::new(Access::load(Arc::clone(&store), audit).await?);
+    let credential = access
+        .issue_aws(
             &RequestContext::system("bench"),
             "bench",
             &[Scope::Admin],
             None,
+            keys.default_provider().as_ref(),
         )
-        .await?
-        .token
-        .expose_secret()
-        .to_owned();
-    let app = custos_server::router(
+        .await?;
+    let token = credential.token.token.expose_secret().to_owned();
+    let aws = (
+        credential.access_key_id.clone(),
+        credential.secret_access_key.expose_secret().to_owned(),
+    );
+    let kms = custos_kms_api::router(custos_kms_api::KmsApi::new(
+        Arc::clone(&keys),
+        Arc::clone(&access),
+        store,
+        Arc::clone(keys.default_provider()),
+        "us-east-1".into(),
+        "000000000000".into(),
+    ));
+    let app = custos_server::router_with(
         AppState::new(Arc::clone(&keys), access),
         HttpOptions::default(),
+        kms,
     );
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
@@ -285,13 +303,16 @@ pub(crate) async fn start_server(
         None,
         std::future::pending(),
     ));
-    Ok((keys, Target { addr, token }))
+    Ok((keys, Target { addr, token, aws }))
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.mode == Mode::Softhsm {
         return softhsm::run(&args);
+    }
+    if args.mode == Mode::Kms {
+        return kms::run(args.seconds, args.connections);
     }
     if args.mode == Mode::SignPath {
         return signpath::run(args.seconds);

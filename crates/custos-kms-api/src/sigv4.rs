@@ -141,34 +141,17 @@ fn canonical_query(query: Option<&str>) -> String {
         .join("&")
 }
 
-/// Checks a request's signature with the secret of its access key, and that `X-Amz-Date` is within 15
-/// minutes of `now`.
-pub fn verify(
+/// The hex signature of a request: canonical request → string to sign → HMAC-SHA256 key chain. The
+/// headers named in `auth.signed_headers` must be in `headers`.
+pub fn signature(
     auth: &Authorization,
     secret: &SecretString,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-    now: jiff::Timestamp,
-) -> Result<(), SigV4Error> {
-    let amz_date = headers
-        .get("x-amz-date")
-        .and_then(|v| v.to_str().ok())
-        .ok_or(SigV4Error::Malformed("no X-Amz-Date header"))?;
-    let at = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", amz_date)
-        .ok()
-        .and_then(|dt| dt.to_zoned(jiff::tz::TimeZone::UTC).ok())
-        .ok_or(SigV4Error::Malformed("X-Amz-Date is not YYYYMMDDTHHMMSSZ"))?
-        .timestamp();
-    if (now.as_second() - at.as_second()).abs() > MAX_SKEW_SECONDS {
-        return Err(SigV4Error::Expired);
-    }
-    if !amz_date.starts_with(&auth.date) {
-        return Err(SigV4Error::Malformed(
-            "the credential date is not the X-Amz-Date day",
-        ));
-    }
+    amz_date: &str,
+) -> Result<String, SigV4Error> {
     let mut canonical_headers = String::new();
     for name in &auth.signed_headers {
         let values: Vec<String> = headers
@@ -203,7 +186,59 @@ pub fn verify(
     let key = hmac(&key, auth.region.as_bytes());
     let key = hmac(&key, auth.service.as_bytes());
     let key = hmac(&key, b"aws4_request");
-    let expected = hex::encode(hmac(&key, string_to_sign.as_bytes()));
+    Ok(hex::encode(hmac(&key, string_to_sign.as_bytes())))
+}
+
+/// The `Authorization` header value for `auth` (its `signature` field is ignored and computed).
+pub fn authorization_header(
+    auth: &Authorization,
+    secret: &SecretString,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    amz_date: &str,
+) -> Result<String, SigV4Error> {
+    let signature = signature(auth, secret, method, uri, headers, body, amz_date)?;
+    Ok(format!(
+        "AWS4-HMAC-SHA256 Credential={}/{}/{}/{}/aws4_request, SignedHeaders={}, Signature={signature}",
+        auth.access_key_id,
+        auth.date,
+        auth.region,
+        auth.service,
+        auth.signed_headers.join(";")
+    ))
+}
+
+/// Checks a request's signature with the secret of its access key, and that `X-Amz-Date` is within 15
+/// minutes of `now`.
+pub fn verify(
+    auth: &Authorization,
+    secret: &SecretString,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: jiff::Timestamp,
+) -> Result<(), SigV4Error> {
+    let amz_date = headers
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .ok_or(SigV4Error::Malformed("no X-Amz-Date header"))?;
+    let at = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", amz_date)
+        .ok()
+        .and_then(|dt| dt.to_zoned(jiff::tz::TimeZone::UTC).ok())
+        .ok_or(SigV4Error::Malformed("X-Amz-Date is not YYYYMMDDTHHMMSSZ"))?
+        .timestamp();
+    if (now.as_second() - at.as_second()).abs() > MAX_SKEW_SECONDS {
+        return Err(SigV4Error::Expired);
+    }
+    if !amz_date.starts_with(&auth.date) {
+        return Err(SigV4Error::Malformed(
+            "the credential date is not the X-Amz-Date day",
+        ));
+    }
+    let expected = signature(auth, secret, method, uri, headers, body, amz_date)?;
     if bool::from(expected.as_bytes().ct_eq(auth.signature.as_bytes())) {
         Ok(())
     } else {
@@ -245,6 +280,20 @@ mod tests {
         assert_eq!(
             verify(&auth, &secret, &Method::GET, &uri, &headers, b"", late),
             Err(SigV4Error::Expired)
+        );
+        // The header this module writes is the one AWS's example carries.
+        assert_eq!(
+            authorization_header(
+                &auth,
+                &secret,
+                &Method::GET,
+                &uri,
+                &headers,
+                b"",
+                "20150830T123600Z"
+            )
+            .unwrap(),
+            header.split_whitespace().collect::<Vec<_>>().join(" ")
         );
         assert!(parse("Bearer x").is_err());
         assert!(parse("AWS4-HMAC-SHA256 Credential=a/b, SignedHeaders=host, Signature=0").is_err());
