@@ -38,6 +38,10 @@ pub enum Scope {
     Sign(String),
     /// Verify with keys whose name matches the pattern.
     Verify(String),
+    /// Use the BitGo Key Provider API: store and generate keys, sign, data keys (`bitgo`).
+    Bitgo,
+    /// Retrieve stored private keys through the BitGo API (`bitgo:retrieve`); never implied by `admin`.
+    BitgoRetrieve,
 }
 
 impl Scope {
@@ -49,7 +53,7 @@ impl Scope {
                 "invalid_scope",
                 format!(
                     "invalid scope {:?}: {why}; expected admin, keys:create, keys:read, keys:rotate, \
-                     audit:read, sign:<pattern> or verify:<pattern>",
+                     audit:read, sign:<pattern>, verify:<pattern>, bitgo or bitgo:retrieve",
                     text.chars().take(80).collect::<String>()
                 ),
             )
@@ -73,6 +77,8 @@ impl Scope {
             "keys:read" => Scope::KeysRead,
             "keys:rotate" => Scope::KeysRotate,
             "audit:read" => Scope::AuditRead,
+            "bitgo" => Scope::Bitgo,
+            "bitgo:retrieve" => Scope::BitgoRetrieve,
             "sign" => Scope::Sign("*".into()),
             "verify" => Scope::Verify("*".into()),
             other => match other.split_once(':') {
@@ -86,7 +92,11 @@ impl Scope {
     fn allows(&self, op: &Operation<'_>) -> bool {
         let matches = |pattern: &str, key: &KeyName| WildMatch::new(pattern).matches(key.as_str());
         match (self, op) {
+            // Handing out a private key needs its own scope, which even admin does not imply.
+            (Scope::BitgoRetrieve, Operation::BitgoRetrieve) => true,
+            (_, Operation::BitgoRetrieve) => false,
             (Scope::Admin, _) => true,
+            (Scope::Bitgo, Operation::Bitgo) => true,
             (Scope::KeysCreate, Operation::CreateKey) => true,
             (Scope::KeysRead, Operation::ReadKeys) => true,
             (Scope::KeysRotate, Operation::RotateKey(_)) => true,
@@ -108,6 +118,8 @@ impl fmt::Display for Scope {
             Scope::AuditRead => f.write_str("audit:read"),
             Scope::Sign(p) => write!(f, "sign:{p}"),
             Scope::Verify(p) => write!(f, "verify:{p}"),
+            Scope::Bitgo => f.write_str("bitgo"),
+            Scope::BitgoRetrieve => f.write_str("bitgo:retrieve"),
         }
     }
 }
@@ -129,6 +141,10 @@ pub enum Operation<'a> {
     ManageTokens,
     /// Read or export the audit log.
     ReadAudit,
+    /// Store or generate keys, sign, or make data keys through the BitGo API.
+    Bitgo,
+    /// Retrieve a stored private key through the BitGo API.
+    BitgoRetrieve,
 }
 
 impl fmt::Display for Operation<'_> {
@@ -141,6 +157,8 @@ impl fmt::Display for Operation<'_> {
             Operation::Verify(k) => write!(f, "verify with key {k}"),
             Operation::ManageTokens => f.write_str("manage tokens"),
             Operation::ReadAudit => f.write_str("read the audit log"),
+            Operation::Bitgo => f.write_str("use the BitGo key provider API"),
+            Operation::BitgoRetrieve => f.write_str("retrieve private keys through the BitGo API"),
         }
     }
 }

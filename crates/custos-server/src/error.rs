@@ -42,6 +42,11 @@ impl ApiError {
         self.status
     }
 
+    /// The message for the client.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// The body, as a batch item or a response carries it.
     pub fn body(&self) -> ErrorBody {
         ErrorBody {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{ConnectInfo, FromRef as _, FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use custos_audit::Outcome;
@@ -48,10 +48,14 @@ pub fn context(parts: &Parts) -> RequestContext {
 #[derive(Debug)]
 pub struct Auth(pub RequestContext);
 
-impl FromRequestParts<AppState> for Auth {
+impl<S: Send + Sync> FromRequestParts<S> for Auth
+where
+    AppState: axum::extract::FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Auth, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Auth, ApiError> {
+        let state = &AppState::from_ref(state);
         let mut ctx = context(parts);
         let token = parts
             .headers

@@ -27,6 +27,7 @@ use std::num::NonZeroU32;
 use tracing::Instrument as _;
 
 pub use error::ApiError;
+pub use extract::{allow, Auth};
 pub use tls::{fingerprint, read_allowlist, TlsFiles};
 
 /// The services every handler uses.

@@ -202,6 +202,38 @@ pub struct Config {
     /// The AWS KMS-compatible API on `POST /` (`[kms_api]`); off unless enabled.
     #[serde(default)]
     pub kms_api: KmsApiSettings,
+    /// The BitGo Key Provider API under a path prefix (`[bitgo_api]`); off unless enabled.
+    #[serde(default)]
+    pub bitgo_api: BitgoApiSettings,
+}
+
+/// The `[bitgo_api]` section.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BitgoApiSettings {
+    /// Serve the API (default false).
+    #[serde(default)]
+    pub enabled: bool,
+    /// The path prefix its routes live under (default `/bitgo`: `/bitgo/key`, `/bitgo/sign`, ...).
+    #[serde(default = "default_bitgo_prefix")]
+    pub prefix: String,
+    /// Retrieving a private key (`GET /key/{pub}`) also needs a client certificate on the mTLS allowlist.
+    #[serde(default)]
+    pub retrieve_needs_client_cert: bool,
+}
+
+impl Default for BitgoApiSettings {
+    fn default() -> Self {
+        BitgoApiSettings {
+            enabled: false,
+            prefix: default_bitgo_prefix(),
+            retrieve_needs_client_cert: false,
+        }
+    }
+}
+
+fn default_bitgo_prefix() -> String {
+    "/bitgo".into()
 }
 
 /// The `[kms_api]` section.

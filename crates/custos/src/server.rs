@@ -409,6 +409,27 @@ pub async fn run(
     let access = Arc::clone(&opened.access);
     let audit = Arc::clone(opened.keys.audit());
     let state = AppState::new(opened.keys, opened.access);
+    let extra = if config.bitgo_api.enabled {
+        let prefix = &config.bitgo_api.prefix;
+        if !prefix.starts_with('/')
+            || prefix.len() < 2
+            || prefix.ends_with('/')
+            || prefix.starts_with("/v1")
+        {
+            anyhow::bail!(
+                "bitgo_api.prefix {prefix:?} must start with '/', not end with '/', and not be under /v1"
+            );
+        }
+        tracing::info!(%prefix, "BitGo Key Provider API on");
+        let api = custos_bitgo_api::BitgoApi::new(
+            state.clone(),
+            Arc::clone(&opened.store),
+            config.bitgo_api.retrieve_needs_client_cert,
+        );
+        kms.nest(prefix, custos_bitgo_api::router(api))
+    } else {
+        kms
+    };
     let app = custos_server::router_with(
         state,
         HttpOptions {
@@ -428,7 +449,7 @@ pub async fn run(
                 )
             }),
         },
-        kms,
+        extra,
     );
     let tls = config.tls.as_ref().map(|t| TlsFiles {
         cert: t.cert_file.clone(),
