@@ -420,6 +420,15 @@ pub async fn run(
                 "bitgo_api.prefix {prefix:?} must start with '/', not end with '/', and not be under /v1"
             );
         }
+        let mtls = config
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_allowlist_file.is_some());
+        if config.bitgo_api.retrieve_needs_client_cert && !mtls {
+            anyhow::bail!(
+                "bitgo_api.retrieve_needs_client_cert needs mutual TLS: set tls.client_allowlist_file"
+            );
+        }
         tracing::info!(%prefix, "BitGo Key Provider API on");
         let api = custos_bitgo_api::BitgoApi::new(
             state.clone(),
