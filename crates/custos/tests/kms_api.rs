@@ -237,6 +237,7 @@ async fn aws_clients_sign_through_custos() {
     .env("CUSTOS_ADDR", &url)
     .env("CUSTOS_TOKEN", &root)))
     .unwrap();
+    let token_id = issued["id"].as_str().unwrap().to_owned();
     let key = issued["aws_access_key_id"].as_str().unwrap().to_owned();
     let secret = issued["aws_secret_access_key"].as_str().unwrap().to_owned();
 
@@ -258,7 +259,9 @@ async fn aws_clients_sign_through_custos() {
     conformance::run(conformance::Harness::new(Arc::new(kms), Arc::new(down))).await;
 
     // 2. boto3 and the aws CLI.
+    let (python_key, python_secret, python_url) = (key.clone(), secret.clone(), url.clone());
     let out = tokio::task::spawn_blocking(move || {
+        let (key, secret, url) = (python_key, python_secret, python_url);
         Command::new("python3")
             .arg("-c")
             .arg(PYTHON)
@@ -277,5 +280,18 @@ async fn aws_clients_sign_through_custos() {
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+
+    // 3. Revoking the token ends its access key at once.
+    ok(custos(&["token", "revoke", &token_id])
+        .env("CUSTOS_ADDR", &url)
+        .env("CUSTOS_TOKEN", &root));
+    let client = aws_sdk_kms::Client::new(&sdk(&url, &key, &secret).await);
+    let err = client.list_keys().send().await.unwrap_err();
+    let code = aws_sdk_kms::error::ProvideErrorMetadata::code(&err).map(str::to_owned);
+    assert_eq!(
+        code.as_deref(),
+        Some("UnrecognizedClientException"),
+        "{err:?}"
     );
 }
