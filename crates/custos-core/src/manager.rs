@@ -1467,6 +1467,53 @@ impl KeyManager {
         self.audited(entry, result, describe_key).await
     }
 
+    /// Takes key material made elsewhere into Custos as version 1 of `name`, imported into `provider`
+    /// (default: the default provider), which must be able to import. The imported copy's public key
+    /// must be the material's.
+    pub async fn import_key(
+        &self,
+        ctx: &RequestContext,
+        name: KeyName,
+        key: &custos_types::PrivateKey,
+        provider: Option<ProviderName>,
+    ) -> Result<Arc<KeyRecord>, CoreError> {
+        let mut entry = ctx.entry("key_import");
+        entry.key = Some(name.to_string());
+        let result = async {
+            let algorithm = key.algorithm();
+            let chain = self.resolve_chain(algorithm, provider.into_iter().collect())?;
+            let provider_name = &chain[0];
+            let provider = Arc::clone(&self.providers[provider_name]);
+            let _guard = self.admin.lock().await;
+            self.check_name_free(&name)?;
+            let imported = provider
+                .import(key, &format!("custos:{name}:v1"))
+                .await
+                .map_err(|e| match e {
+                    ProviderError::NotSupported(why) => CoreError::bad("not_supported", why),
+                    other => other.into(),
+                })?;
+            if imported.public_key != key.public_key() {
+                return Err(CoreError::Internal(format!(
+                    "provider {provider_name} imported the key as a different public key"
+                )));
+            }
+            let version = VersionRecord {
+                version: KeyVersion::FIRST,
+                state: VersionState::Current,
+                public_key: imported.public_key,
+                created_at: Timestamp::now(),
+                locations: vec![Location {
+                    provider: provider_name.clone(),
+                    handle: imported.handle,
+                }],
+            };
+            self.register(name, algorithm, chain, version).await
+        }
+        .await;
+        self.audited(entry, result, describe_key).await
+    }
+
     /// Makes a new version current in every provider of the chain; the previous one stays enabled.
     pub async fn rotate(
         &self,

@@ -8,6 +8,7 @@ use custos_types::{Algorithm, HashAlgorithm, KeyName, SignatureFormat, Timestamp
 use rand_core::{OsRng, RngCore as _};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use sha2::Digest as _;
 
 use crate::{KmsApi, KmsError};
 
@@ -19,6 +20,22 @@ const BLOB_MAGIC: &[u8; 4] = b"CKM1";
 const STATE_PREFIX: &str = "kms_state:";
 const SYMMETRIC_PREFIX: &str = "kms_symmetric:";
 const ALIAS_PREFIX: &str = "kms_alias:";
+/// A key made with origin EXTERNAL that awaits its key material: its KeySpec.
+const PENDING_PREFIX: &str = "kms_pending:";
+/// The wrapping key and token handed out by GetParametersForImport.
+const IMPORT_PREFIX: &str = "kms_import:";
+
+/// What GetParametersForImport leaves for ImportKeyMaterial.
+#[derive(Debug, Serialize, Deserialize)]
+struct ImportParameters {
+    /// Hex of the sealed PKCS#8 DER of the RSA wrapping key.
+    sealed_wrapping_key: String,
+    /// Hex SHA-256 of the import token.
+    token_hash: String,
+    /// `RSAES_OAEP_SHA_256` or `RSAES_OAEP_SHA_1`.
+    algorithm: String,
+    valid_to: Timestamp,
+}
 
 /// What KMS knows of a key beyond Custos: its state and description.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -37,13 +54,15 @@ enum Key {
     Asymmetric(KeyName),
     /// A symmetric key id.
     Symmetric(String),
+    /// A key with origin EXTERNAL awaiting its key material, and its KeySpec.
+    Pending(String, String),
 }
 
 impl Key {
     fn id(&self) -> &str {
         match self {
             Key::Asymmetric(name) => name.as_str(),
-            Key::Symmetric(id) => id,
+            Key::Symmetric(id) | Key::Pending(id, _) => id,
         }
     }
 }
@@ -151,6 +170,17 @@ impl KmsApi {
         {
             return Ok(Key::Symmetric(id));
         }
+        if let Some(spec) = self
+            .store
+            .get_setting(&format!("{PENDING_PREFIX}{id}"))
+            .await
+            .map_err(custos_core::CoreError::from)?
+        {
+            return Ok(Key::Pending(
+                id,
+                String::from_utf8_lossy(&spec).into_owned(),
+            ));
+        }
         let name = KeyName::new(&id).map_err(|_| not_found())?;
         self.keys.key(&name).map_err(|_| not_found())?;
         Ok(Key::Asymmetric(name))
@@ -225,6 +255,13 @@ impl KmsApi {
                 meta["KeySpec"] = json!(spec_of(record.algorithm));
                 meta["CustomerMasterKeySpec"] = json!(spec_of(record.algorithm));
                 meta["SigningAlgorithms"] = json!([signing_algorithm(record.algorithm)]);
+            }
+            Key::Pending(_, spec) => {
+                meta["CreationDate"] = json!(state.created.map_or(0, |t| t.as_second()));
+                meta["KeyUsage"] = json!("SIGN_VERIFY");
+                meta["KeySpec"] = json!(spec);
+                meta["CustomerMasterKeySpec"] = json!(spec);
+                meta["Origin"] = json!("EXTERNAL");
             }
             Key::Symmetric(_) => {
                 meta["CreationDate"] = json!(state.created.map_or(0, |t| t.as_second()));
@@ -333,13 +370,15 @@ pub(crate) async fn run(
                 .iter()
                 .map(|k| k.name.to_string())
                 .collect();
-            for (name, _) in api
-                .store
-                .list_settings(SYMMETRIC_PREFIX)
-                .await
-                .map_err(custos_core::CoreError::from)?
-            {
-                keys.push(name.trim_start_matches(SYMMETRIC_PREFIX).to_owned());
+            for prefix in [SYMMETRIC_PREFIX, PENDING_PREFIX] {
+                for (name, _) in api
+                    .store
+                    .list_settings(prefix)
+                    .await
+                    .map_err(custos_core::CoreError::from)?
+                {
+                    keys.push(name.trim_start_matches(prefix).to_owned());
+                }
             }
             keys.sort();
             let keys: Vec<Value> = keys
@@ -370,6 +409,8 @@ pub(crate) async fn run(
             }))
         }
         "Sign" | "Verify" => sign_or_verify(api, ctx, operation, input).await,
+        "GetParametersForImport" => parameters_for_import(api, ctx, input).await,
+        "ImportKeyMaterial" => import_key_material(api, ctx, input).await,
         "ScheduleKeyDeletion" | "CancelKeyDeletion" | "EnableKey" | "DisableKey" => {
             change_state(api, ctx, operation, input).await
         }
@@ -525,7 +566,36 @@ async fn create_key(api: &KmsApi, ctx: &RequestContext, input: &Value) -> Result
         &hex_id[16..20],
         &hex_id[20..]
     );
-    let key = if spec == "SYMMETRIC_DEFAULT" {
+    let origin = field(input, "Origin").unwrap_or("AWS_KMS");
+    if !matches!(origin, "AWS_KMS" | "EXTERNAL") {
+        return Err(KmsError::new(
+            "UnsupportedOperationException",
+            format!("Origin {origin} is not supported: use AWS_KMS or EXTERNAL"),
+        ));
+    }
+    let key = if origin == "EXTERNAL" {
+        if !matches!(
+            spec,
+            "ECC_SECG_P256K1" | "ECC_NIST_P256" | "ECC_NIST_EDWARDS25519"
+        ) {
+            return Err(KmsError::new(
+                "UnsupportedOperationException",
+                "Custos imports ECC_SECG_P256K1, ECC_NIST_P256 and ECC_NIST_EDWARDS25519 key material",
+            ));
+        }
+        api.store
+            .put_setting(&format!("{PENDING_PREFIX}{id}"), spec.as_bytes())
+            .await
+            .map_err(custos_core::CoreError::from)?;
+        api.record(
+            ctx,
+            "kms_create_key",
+            &id,
+            format!("{spec}, origin EXTERNAL"),
+        )
+        .await?;
+        Key::Pending(id.clone(), spec.to_owned())
+    } else if spec == "SYMMETRIC_DEFAULT" {
         if usage.is_some_and(|u| u != "ENCRYPT_DECRYPT") {
             return Err(KmsError::validation(
                 "a SYMMETRIC_DEFAULT key is for ENCRYPT_DECRYPT",
@@ -566,7 +636,12 @@ async fn create_key(api: &KmsApi, ctx: &RequestContext, input: &Value) -> Result
     api.put_state(
         key.id(),
         &KeyState {
-            state: "Enabled".into(),
+            state: if matches!(key, Key::Pending(..)) {
+                "PendingImport"
+            } else {
+                "Enabled"
+            }
+            .into(),
             description,
             deletion_date: None,
             created: Some(Timestamp::now()),
@@ -574,6 +649,189 @@ async fn create_key(api: &KmsApi, ctx: &RequestContext, input: &Value) -> Result
     )
     .await?;
     Ok(json!({ "KeyMetadata": api.metadata(&key).await? }))
+}
+
+fn algorithm_of_spec(spec: &str) -> Option<Algorithm> {
+    match spec {
+        "ECC_SECG_P256K1" => Some(Algorithm::Secp256k1),
+        "ECC_NIST_P256" => Some(Algorithm::P256),
+        "ECC_NIST_EDWARDS25519" => Some(Algorithm::Ed25519),
+        _ => None,
+    }
+}
+
+/// GetParametersForImport: a fresh RSA wrapping key (sealed by the provider until the import) and a
+/// one-time import token, valid for 24 hours.
+async fn parameters_for_import(
+    api: &KmsApi,
+    ctx: &RequestContext,
+    input: &Value,
+) -> Result<Value, KmsError> {
+    api.allow(ctx, Operation::CreateKey).await?;
+    let key = api.resolve(required(input, "KeyId")?).await?;
+    let Key::Pending(id, _) = &key else {
+        return Err(KmsError::new(
+            "UnsupportedOperationException",
+            "only a key created with Origin EXTERNAL and no key material yet takes an import",
+        ));
+    };
+    let algorithm = required(input, "WrappingAlgorithm")?;
+    if !matches!(algorithm, "RSAES_OAEP_SHA_256" | "RSAES_OAEP_SHA_1") {
+        return Err(KmsError::validation(
+            "WrappingAlgorithm must be RSAES_OAEP_SHA_256 or RSAES_OAEP_SHA_1",
+        ));
+    }
+    let bits = match required(input, "WrappingKeySpec")? {
+        "RSA_2048" => 2048,
+        "RSA_3072" => 3072,
+        "RSA_4096" => 4096,
+        _ => {
+            return Err(KmsError::validation(
+                "WrappingKeySpec must be RSA_2048, RSA_3072 or RSA_4096",
+            ))
+        }
+    };
+    let (private_der, public_der) = tokio::task::spawn_blocking(move || {
+        use rsa::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
+        let private = rsa::RsaPrivateKey::new(&mut OsRng, bits).map_err(|e| e.to_string())?;
+        let public = private
+            .to_public_key()
+            .to_public_key_der()
+            .map_err(|e| e.to_string())?;
+        let private = private.to_pkcs8_der().map_err(|e| e.to_string())?;
+        Ok::<_, String>((
+            zeroize::Zeroizing::new(private.as_bytes().to_vec()),
+            public.as_bytes().to_vec(),
+        ))
+    })
+    .await
+    .map_err(|e| KmsError::new("KMSInternalException", e.to_string()))?
+    .map_err(|e| KmsError::new("KMSInternalException", e))?;
+    let sealed = api
+        .sealer
+        .seal(
+            &private_der,
+            format!("custos-kms-import-v1\0{id}").as_bytes(),
+        )
+        .await
+        .map_err(custos_core::CoreError::from)?;
+    let mut token = [0u8; 32];
+    OsRng.fill_bytes(&mut token);
+    let valid_to = Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(24))
+        .map_err(|e| KmsError::new("KMSInternalException", e.to_string()))?;
+    let parameters = ImportParameters {
+        sealed_wrapping_key: hex::encode(sealed),
+        token_hash: hex::encode(sha2::Sha256::digest(token)),
+        algorithm: algorithm.to_owned(),
+        valid_to,
+    };
+    let bytes = serde_json::to_vec(&parameters)
+        .map_err(|e| KmsError::new("KMSInternalException", e.to_string()))?;
+    api.store
+        .put_setting(&format!("{IMPORT_PREFIX}{id}"), &bytes)
+        .await
+        .map_err(custos_core::CoreError::from)?;
+    api.record(
+        ctx,
+        "kms_get_parameters_for_import",
+        id,
+        format!("{algorithm} RSA-{bits}"),
+    )
+    .await?;
+    Ok(json!({
+        "KeyId": api.arn(id),
+        "ImportToken": B64.encode(token),
+        "PublicKey": B64.encode(public_der),
+        "ParametersValidTo": valid_to.as_second(),
+    }))
+}
+
+/// ImportKeyMaterial: unwraps the PKCS#8 key with the wrapping key of the token and imports it into the
+/// default provider as the key's version 1.
+async fn import_key_material(
+    api: &KmsApi,
+    ctx: &RequestContext,
+    input: &Value,
+) -> Result<Value, KmsError> {
+    api.allow(ctx, Operation::CreateKey).await?;
+    let key = api.resolve(required(input, "KeyId")?).await?;
+    let Key::Pending(id, spec) = &key else {
+        return Err(KmsError::new(
+            "KMSInvalidStateException",
+            "the key is not waiting for key material",
+        ));
+    };
+    if field(input, "ExpirationModel").is_some_and(|m| m != "KEY_MATERIAL_DOES_NOT_EXPIRE") {
+        return Err(KmsError::validation("Custos keeps imported key material: ExpirationModel must be KEY_MATERIAL_DOES_NOT_EXPIRE"));
+    }
+    let invalid_token = || {
+        KmsError::new(
+            "InvalidImportTokenException",
+            "the import token is invalid for this key",
+        )
+    };
+    let parameters: ImportParameters = match api
+        .store
+        .get_setting(&format!("{IMPORT_PREFIX}{id}"))
+        .await
+        .map_err(custos_core::CoreError::from)?
+    {
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| KmsError::new("KMSInternalException", e.to_string()))?,
+        None => return Err(invalid_token()),
+    };
+    let token = blob(input, "ImportToken")?;
+    if hex::encode(sha2::Sha256::digest(&token)) != parameters.token_hash {
+        return Err(invalid_token());
+    }
+    if parameters.valid_to < Timestamp::now() {
+        return Err(KmsError::new(
+            "ExpiredImportTokenException",
+            "the import token has expired; call GetParametersForImport again",
+        ));
+    }
+    let sealed = hex::decode(&parameters.sealed_wrapping_key)
+        .map_err(|e| KmsError::new("KMSInternalException", e.to_string()))?;
+    let wrapping_der = api
+        .sealer
+        .unseal(&sealed, format!("custos-kms-import-v1\0{id}").as_bytes())
+        .await
+        .map_err(custos_core::CoreError::from)?;
+    let wrapped = blob(input, "EncryptedKeyMaterial")?;
+    let incorrect = || {
+        KmsError::new(
+            "IncorrectKeyMaterialException",
+            "the key material does not decrypt to a key of this KeySpec",
+        )
+    };
+    let material = {
+        use rsa::pkcs8::DecodePrivateKey as _;
+        let wrapping = rsa::RsaPrivateKey::from_pkcs8_der(&wrapping_der)
+            .map_err(|e| KmsError::new("KMSInternalException", e.to_string()))?;
+        let decrypted = if parameters.algorithm == "RSAES_OAEP_SHA_1" {
+            wrapping.decrypt(rsa::Oaep::new::<sha1::Sha1>(), &wrapped)
+        } else {
+            wrapping.decrypt(rsa::Oaep::new::<sha2::Sha256>(), &wrapped)
+        };
+        zeroize::Zeroizing::new(decrypted.map_err(|_| incorrect())?)
+    };
+    let algorithm = algorithm_of_spec(spec).ok_or_else(incorrect)?;
+    let private =
+        custos_types::PrivateKey::from_pkcs8_der(algorithm, &material).map_err(|_| incorrect())?;
+    api.keys
+        .import_key(ctx, KeyName::new(id)?, &private, None)
+        .await?;
+    for prefix in [PENDING_PREFIX, IMPORT_PREFIX] {
+        api.store
+            .delete_setting(&format!("{prefix}{id}"))
+            .await
+            .map_err(custos_core::CoreError::from)?;
+    }
+    let mut state = api.state(id).await?;
+    state.state = "Enabled".into();
+    api.put_state(id, &state).await?;
+    Ok(json!({}))
 }
 
 async fn sign_or_verify(

@@ -23,7 +23,9 @@ use aws_sdk_kms::Client;
 use custos_provider::{
     signing_input, Capabilities, GeneratedKey, KeyProvider, ProviderError, ProviderHealth,
 };
-use custos_types::{ecdsa_der_to_raw, Algorithm, KeyHandle, ProviderName, PublicKey, SignPayload};
+use custos_types::{
+    ecdsa_der_to_raw, Algorithm, KeyHandle, PrivateKey, ProviderName, PublicKey, SignPayload,
+};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::Semaphore;
 
@@ -226,8 +228,81 @@ impl KeyProvider for KmsProvider {
         Capabilities {
             algorithms: Algorithm::ALL.to_vec(),
             exportable: false,
-            import: false,
+            import: true,
         }
+    }
+
+    /// KMS import of key material: a key with origin `EXTERNAL`, the key's PKCS#8 DER wrapped with
+    /// RSAES-OAEP-SHA-256 under the import public key KMS hands out, then `ImportKeyMaterial` (no
+    /// expiry). The key's public key, as KMS reports it, must be the material's.
+    async fn import(&self, key: &PrivateKey, label: &str) -> Result<GeneratedKey, ProviderError> {
+        let kms_error = |e| map_error(None, e);
+        let created = {
+            let _permit = self.admit().await?;
+            self.client
+                .create_key()
+                .key_spec(key_spec(key.algorithm()))
+                .key_usage(KeyUsageType::SignVerify)
+                .origin(aws_sdk_kms::types::OriginType::External)
+                .description(label)
+                .send()
+                .await
+                .map_err(kms_error)?
+        };
+        let key_id = created
+            .key_metadata()
+            .map(|m| m.key_id().to_owned())
+            .ok_or_else(|| ProviderError::Corrupt("KMS CreateKey returned no key id".into()))?;
+        let handle = KeyHandle::new(key_id.clone());
+        let parameters = {
+            let _permit = self.admit().await?;
+            self.client
+                .get_parameters_for_import()
+                .key_id(&key_id)
+                .wrapping_algorithm(aws_sdk_kms::types::AlgorithmSpec::RsaesOaepSha256)
+                .wrapping_key_spec(aws_sdk_kms::types::WrappingKeySpec::Rsa2048)
+                .send()
+                .await
+                .map_err(|e| map_error(Some(&handle), e))?
+        };
+        let (Some(wrapping), Some(token)) = (parameters.public_key(), parameters.import_token())
+        else {
+            return Err(ProviderError::Corrupt(
+                "KMS GetParametersForImport returned no public key or token".into(),
+            ));
+        };
+        use rsa::pkcs8::DecodePublicKey as _;
+        let wrapping = rsa::RsaPublicKey::from_public_key_der(wrapping.as_ref())
+            .map_err(|e| ProviderError::Corrupt(format!("KMS import public key: {e}")))?;
+        let material = key
+            .to_pkcs8_der()
+            .map_err(|e| ProviderError::Corrupt(e.to_string()))?;
+        let wrapped = wrapping
+            .encrypt(
+                &mut rand_core::OsRng,
+                rsa::Oaep::new::<sha2::Sha256>(),
+                &material,
+            )
+            .map_err(|e| ProviderError::Corrupt(format!("wrapping the key material: {e}")))?;
+        {
+            let _permit = self.admit().await?;
+            self.client
+                .import_key_material()
+                .key_id(&key_id)
+                .import_token(token.clone())
+                .encrypted_key_material(aws_sdk_kms::primitives::Blob::new(wrapped))
+                .expiration_model(aws_sdk_kms::types::ExpirationModelType::KeyMaterialDoesNotExpire)
+                .send()
+                .await
+                .map_err(|e| map_error(Some(&handle), e))?;
+        }
+        let public_key = self.fetch_public_key(&handle).await?;
+        if public_key != key.public_key() {
+            return Err(ProviderError::Corrupt(
+                "KMS reports a different public key for the imported material".into(),
+            ));
+        }
+        Ok(GeneratedKey { handle, public_key })
     }
 
     async fn generate(

@@ -123,6 +123,40 @@ impl PrivateKey {
         })
     }
 
+    /// The key as unencrypted PKCS#8 DER (RFC 5958; for Ed25519 RFC 8410 version 1), in a zeroizing buffer:
+    /// what AWS KMS takes as imported key material.
+    pub fn to_pkcs8_der(&self) -> Result<Zeroizing<Vec<u8>>, TypesError> {
+        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+        let der = match self {
+            PrivateKey::Ed25519(k) => ed25519_dalek::pkcs8::KeypairBytes {
+                secret_key: k.to_bytes(),
+                public_key: None,
+            }
+            .to_pkcs8_der(),
+            PrivateKey::Secp256k1(k) => k.to_pkcs8_der(),
+            PrivateKey::P256(k) => k.to_pkcs8_der(),
+        }
+        .map_err(|_| TypesError::InvalidPrivateKey(self.algorithm()))?;
+        Ok(Zeroizing::new(der.as_bytes().to_vec()))
+    }
+
+    /// A key from unencrypted PKCS#8 DER of the given algorithm.
+    pub fn from_pkcs8_der(algorithm: Algorithm, der: &[u8]) -> Result<PrivateKey, TypesError> {
+        use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+        let invalid = |_| TypesError::InvalidPrivateKey(algorithm);
+        Ok(match algorithm {
+            Algorithm::Ed25519 => PrivateKey::Ed25519(
+                ed25519_dalek::SigningKey::from_pkcs8_der(der).map_err(invalid)?,
+            ),
+            Algorithm::Secp256k1 => PrivateKey::Secp256k1(
+                k256::ecdsa::SigningKey::from_pkcs8_der(der).map_err(invalid)?,
+            ),
+            Algorithm::P256 => {
+                PrivateKey::P256(p256::ecdsa::SigningKey::from_pkcs8_der(der).map_err(invalid)?)
+            }
+        })
+    }
+
     /// The key as an unencrypted PKCS#8 PEM document (what `openssl pkey` reads), in a zeroizing string.
     /// Used only to put a key inside an encrypted backup.
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, TypesError> {
