@@ -203,6 +203,25 @@ fn provider_error(e: custos_provider::ProviderError) -> BitgoError {
     CoreError::from(e).into()
 }
 
+/// A stored key's record and its private key, unsealed by the provider.
+async fn unseal_stored(
+    api: &BitgoApi,
+    bytes: &[u8],
+    source: Source,
+    public: &str,
+) -> Result<(StoredKey, zeroize::Zeroizing<Vec<u8>>), BitgoError> {
+    let internal = |e: String| BitgoError::from(CoreError::Internal(e));
+    let stored: StoredKey = serde_json::from_slice(bytes).map_err(|e| internal(e.to_string()))?;
+    let sealed = hex::decode(&stored.sealed).map_err(|e| internal(e.to_string()))?;
+    let prv = api
+        .keys()
+        .default_provider()
+        .unseal(&sealed, &seal_context(source, public))
+        .await
+        .map_err(provider_error)?;
+    Ok((stored, prv))
+}
+
 /// `POST /key`: seal and store a private key.
 pub async fn store_key(
     State(api): State<BitgoApi>,
@@ -321,16 +340,7 @@ pub async fn get_key(
     else {
         return Err(not_found(&public, source));
     };
-    let stored: StoredKey = serde_json::from_slice(&bytes)
-        .map_err(|e| BitgoError::from(CoreError::Internal(e.to_string())))?;
-    let sealed = hex::decode(&stored.sealed)
-        .map_err(|e| BitgoError::from(CoreError::Internal(e.to_string())))?;
-    let prv = api
-        .keys()
-        .default_provider()
-        .unseal(&sealed, &seal_context(source, &public))
-        .await
-        .map_err(provider_error)?;
+    let (stored, prv) = unseal_stored(&api, &bytes, source, &public).await?;
     let prv = String::from_utf8(prv.to_vec())
         .map_err(|_| BitgoError::from(CoreError::Internal("a stored key is not text".into())))?;
     record(
@@ -526,16 +536,7 @@ pub async fn sign(
     }
     let bytes = stored.ok_or_else(|| not_found(&request.public, request.source))?;
     // A stored key: unsealed for this one signature, which is verified before it is returned.
-    let stored: StoredKey = serde_json::from_slice(&bytes)
-        .map_err(|e| BitgoError::from(CoreError::Internal(e.to_string())))?;
-    let sealed = hex::decode(&stored.sealed)
-        .map_err(|e| BitgoError::from(CoreError::Internal(e.to_string())))?;
-    let prv = api
-        .keys()
-        .default_provider()
-        .unseal(&sealed, &seal_context(request.source, &request.public))
-        .await
-        .map_err(provider_error)?;
+    let (_, prv) = unseal_stored(&api, &bytes, request.source, &request.public).await?;
     let secret = std::str::from_utf8(&prv)
         .ok()
         .and_then(|t| hex::decode(t.trim().strip_prefix("0x").unwrap_or(t.trim())).ok())

@@ -3,41 +3,10 @@
 //! signature checked by `cryptography`, and schemathesis checking every response against BitGo's spec.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_custos");
-const PASSWORD: &str = "a long test master password";
-
-fn custos(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_remove("CUSTOS_ADDR")
-        .env_remove("CUSTOS_TOKEN")
-        .env("CUSTOS_MASTER_PASSWORD", PASSWORD)
-        .env("RUST_LOG", "warn");
-    cmd
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+mod common;
+use common::{custos, ok, start};
 
 const FLOWS: &str = r#"
 import json, os, sys
@@ -158,39 +127,8 @@ checks.status_code_conformance.enabled = false
 
 #[test]
 fn bitgo_flows_and_the_spec() {
-    let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("custos.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n\n[bitgo_api]\nenabled = true\n",
-            tmp.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let config_s = config.to_str().unwrap();
-    let root = ok(&mut custos(&["init", "--config", config_s]))
-        .split_whitespace()
-        .find(|w| w.starts_with("cst_"))
-        .unwrap()
-        .to_owned();
-    let mut child = custos(&["serve", "--config", config_s])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let url = loop {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "the server exited"
-        );
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.trim().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in reader.lines() {});
-    let _server = Server(child);
+    let server = start("[bitgo_api]\nenabled = true\n");
+    let (url, root) = (server.url.clone(), server.root.clone());
     let token = |name: &str, scopes: &[&str]| {
         let mut args = vec!["token", "create", name, "--json"];
         for scope in scopes {
@@ -233,7 +171,7 @@ fn bitgo_flows_and_the_spec() {
         ("positive", SCHEMATHESIS_CONFIG),
         ("negative", SCHEMATHESIS_NEGATIVE_CONFIG),
     ] {
-        let file = tmp.path().join(format!("schemathesis-{mode}.toml"));
+        let file = server.dir.path().join(format!("schemathesis-{mode}.toml"));
         std::fs::write(&file, config).unwrap();
         let out = Command::new("schemathesis")
             .args([

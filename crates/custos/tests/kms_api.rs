@@ -5,46 +5,15 @@
 #![cfg(feature = "awskms")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should panic
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
 use custos_provider::conformance;
 use custos_provider_awskms::{KmsLimits, KmsProvider};
 use custos_types::ProviderName;
 
-const BIN: &str = env!("CARGO_BIN_EXE_custos");
-const PASSWORD: &str = "a long test master password";
-
-fn custos(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_remove("CUSTOS_ADDR")
-        .env_remove("CUSTOS_TOKEN")
-        .env("CUSTOS_MASTER_PASSWORD", PASSWORD)
-        .env("RUST_LOG", "warn");
-    cmd
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+mod common;
+use common::{custos, ok, start};
 
 async fn sdk(endpoint: &str, key: &str, secret: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -192,39 +161,8 @@ print("python ok")
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_clients_sign_through_custos() {
-    let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("custos.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n\n[kms_api]\nenabled = true\n",
-            tmp.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let config_s = config.to_str().unwrap();
-    let root = ok(&mut custos(&["init", "--config", config_s]))
-        .split_whitespace()
-        .find(|w| w.starts_with("cst_"))
-        .unwrap()
-        .to_owned();
-    let mut child = custos(&["serve", "--config", config_s])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let url = loop {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "the server exited"
-        );
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.trim().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in reader.lines() {});
-    let _server = Server(child);
+    let server = start("[kms_api]\nenabled = true\n");
+    let (url, root) = (server.url.clone(), server.root.clone());
     let issued: serde_json::Value = serde_json::from_str(&ok(custos(&[
         "token",
         "create",
