@@ -1132,7 +1132,12 @@ impl KeyManager {
     async fn note_position(&self, key: &KeyName, position: usize, provider: &ProviderName) {
         let previous = {
             let mut last = self.last_position.lock().unwrap_or_else(|p| p.into_inner());
-            last.insert(key.clone(), position)
+            // The hot path: the same position as last time, with no allocation.
+            match last.get_mut(key) {
+                Some(p) if *p == position => return,
+                Some(p) => Some(std::mem::replace(p, position)),
+                None => last.insert(key.clone(), position),
+            }
         };
         let Some(previous) = previous.filter(|p| *p != position) else {
             return;
