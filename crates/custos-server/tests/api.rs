@@ -1421,6 +1421,15 @@ async fn every_route_checks_its_scope() {
             "verify:k",
         ),
         ("POST", "/v1/keys/k/rotate".into(), None, "keys:rotate"),
+        ("GET", "/v1/providers".into(), None, "keys:read"),
+        ("GET", "/v1/keys/k/rotation".into(), None, "keys:read"),
+        (
+            "PUT",
+            "/v1/keys/k/rotation".into(),
+            Some(json!({"interval_days": 30, "overlap_days": 1, "time_zone": "Europe/Berlin"})),
+            "keys:rotate",
+        ),
+        ("DELETE", "/v1/keys/k/rotation".into(), None, "keys:rotate"),
         (
             "POST",
             "/v1/tokens".into(),
@@ -1482,6 +1491,83 @@ async fn every_route_checks_its_scope() {
             "{method} {path} with {scope}: {status} {answer}"
         );
     }
+}
+
+#[tokio::test]
+async fn providers_show_their_circuit_and_rotation_policies_are_checked() {
+    let s = start().await;
+    s.create("k", "ed25519").await;
+    let (status, list) = s.call("GET", "/v1/providers", Some(&s.admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let soft = &list["providers"][0];
+    assert_eq!(soft["kind"], "soft");
+    assert_eq!(soft["circuit"], "closed");
+    assert_eq!(soft["exportable"], true);
+    assert_eq!(soft["import"], true);
+    assert_eq!(soft["available"], true);
+
+    let put = |body: Value| {
+        let s = &s;
+        async move {
+            s.call(
+                "PUT",
+                "/v1/keys/k/rotation",
+                Some(&s.admin),
+                Some(body.to_string().into_bytes()),
+            )
+            .await
+        }
+    };
+    let (status, view) =
+        put(json!({"intervalDays": 7, "rotationTime": "03:00:00", "timeZone": "Asia/Tokyo"})).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the seed's camelCase names work: {view}"
+    );
+    assert_eq!(view["policy"]["interval_days"], 7);
+    assert!(view["next_rotation"].is_string());
+    for (body, needle) in [
+        (
+            json!({"interval_days": 7, "time_zone": "Mars/Olympus"}),
+            "time_zone",
+        ),
+        (json!({"interval_days": 0}), "interval_days"),
+        (
+            json!({"interval_days": 7, "rotation_time": "7pm"}),
+            "rotation_time",
+        ),
+        (
+            json!({"interval_days": 7, "backup_enabled": true, "backup_location": "s3://b"}),
+            "URL",
+        ),
+    ] {
+        let (status, answer) = put(body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(answer["error"]["code"], "invalid_rotation_policy");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(needle),
+            "{answer}"
+        );
+    }
+    let (status, answer) = put(json!({"interval_days": 7, "surprise": 1})).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "unknown fields are refused: {answer}"
+    );
+    let (status, _) = s
+        .call("GET", "/v1/keys/nope/rotation", Some(&s.admin), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, view) = s
+        .call("DELETE", "/v1/keys/k/rotation", Some(&s.admin), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(view["policy"], Value::Null);
 }
 
 #[tokio::test]
