@@ -766,15 +766,32 @@ impl KeyManager {
         self.audited(entry, result, |_, _| {}).await
     }
 
-    /// Finishes every rotation a crash interrupted. Run once at start, before serving.
-    pub async fn resume_rotations(&self, ctx: &RequestContext) -> Result<usize, CoreError> {
+    /// Finishes every rotation a crash interrupted. Run once at start, before serving. A rotation that
+    /// cannot be finished now (its backup directory is gone, a provider is down) is logged, sent as a
+    /// `rotation_failed` event and left recorded for the next attempt; it does not stop the start.
+    /// Returns how many were finished and how many are still pending.
+    pub async fn resume_rotations(
+        &self,
+        ctx: &RequestContext,
+    ) -> Result<(usize, usize), CoreError> {
         let jobs = self.store.list_settings(JOB_PREFIX).await?;
+        let (mut finished, mut pending) = (0, 0);
         for (setting, _) in &jobs {
             let name = KeyName::new(setting.trim_start_matches(JOB_PREFIX))?;
             tracing::warn!(key = %name, "resuming an interrupted rotation");
-            self.rotate(ctx, &name).await?;
+            match self.rotate(ctx, &name).await {
+                Ok(_) => finished += 1,
+                Err(e) => {
+                    pending += 1;
+                    tracing::error!(key = %name, error = %e, "cannot finish an interrupted rotation yet");
+                    self.events.emit(Event::RotationFailed {
+                        key: name.to_string(),
+                        error: e.to_string(),
+                    });
+                }
+            }
         }
-        Ok(jobs.len())
+        Ok((finished, pending))
     }
 
     /// One pass of the scheduler: if `holder` holds (or can take) the rotation lease, rotate every key
@@ -800,6 +817,20 @@ impl KeyManager {
             return Ok(Vec::new());
         }
         let mut rotated = Vec::new();
+        // Rotations left unfinished (by a crash, or a failure since) go first.
+        for (setting, _) in self.store.list_settings(JOB_PREFIX).await? {
+            let name = KeyName::new(setting.trim_start_matches(JOB_PREFIX))?;
+            match self.rotate(ctx, &name).await {
+                Ok(_) => rotated.push(name),
+                Err(e) => {
+                    tracing::error!(key = %name, error = %e, "an unfinished rotation failed again");
+                    self.events.emit(Event::RotationFailed {
+                        key: name.to_string(),
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
         for key in self.list_keys()? {
             let Some(policy) = self.rotation_policy(&key.name).await? else {
                 continue;

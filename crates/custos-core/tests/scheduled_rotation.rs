@@ -245,6 +245,40 @@ async fn due_keys_rotate_once_under_the_lease_and_the_overlap_ends_in_verify_onl
     assert_eq!(verified.version, Some(KeyVersion(1)));
     assert!(verified.valid);
 
+    // A rotation whose backup cannot be written fails, stays recorded, and the next pass finishes it
+    // once the policy is fixed.
+    let unwritable = RotationPolicy {
+        backup_enabled: true,
+        backup_location: Some("/dev/null/backups".into()),
+        backup_recipient: Some(
+            "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p".into(),
+        ),
+        ..policy(30, 0)
+    };
+    a.set_rotation_policy(&ctx(), &old, Some(unwritable))
+        .await
+        .unwrap();
+    let err = a.rotate(&ctx(), &old).await.unwrap_err();
+    assert_eq!(err.code(), "provider_unavailable", "{err}");
+    assert_eq!(a.key(&old).unwrap().versions.len(), 2, "nothing half-made");
+    a.set_rotation_policy(&ctx(), &old, Some(policy(30, 0)))
+        .await
+        .unwrap();
+    let rotated = a.run_scheduled(&ctx(), "a", lease).await.unwrap();
+    assert_eq!(
+        rotated,
+        [old.clone()],
+        "the unfinished rotation is finished"
+    );
+    assert_eq!(
+        states(&a, "old"),
+        [
+            VersionState::Disabled,
+            VersionState::Enabled,
+            VersionState::Current
+        ]
+    );
+
     // A policy the manager cannot follow is refused with a clear code.
     let err = a
         .set_rotation_policy(&ctx(), &old, Some(policy(0, 0)))

@@ -357,13 +357,19 @@ pub async fn run(
     });
     // A rotation that a crash interrupted is finished before anything is served.
     let system = custos_core::RequestContext::system("rotation");
-    let resumed = opened
+    let (resumed, pending) = opened
         .keys
         .resume_rotations(&system)
         .await
-        .context("cannot finish an interrupted rotation")?;
+        .context("cannot read the recorded rotations")?;
     if resumed > 0 {
         out!("Finished {resumed} rotation(s) interrupted by a crash");
+    }
+    if pending > 0 {
+        out!(
+            "WARNING: {pending} interrupted rotation(s) cannot be finished yet (see the log); \
+             they are retried by `custos key rotate` and by the scheduler"
+        );
     }
     let scheduler = config.rotation.enabled.then(|| {
         let keys = Arc::clone(&opened.keys);
