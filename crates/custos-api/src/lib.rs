@@ -65,6 +65,11 @@ pub mod codes {
             "the provider cannot hold keys of this algorithm",
         ),
         (
+            "invalid_rotation_policy",
+            400,
+            "a rotation policy field is invalid (the message names it)",
+        ),
+        (
             "chain_cannot_share",
             400,
             "the providers of the chain cannot hold the same key (one must export, the others import)",
