@@ -12,6 +12,7 @@
 //! certificate. Every operation is audited; a retrieval's record names the key, never its contents.
 
 mod ops;
+mod utxo;
 
 use std::sync::Arc;
 

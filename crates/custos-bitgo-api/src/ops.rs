@@ -233,43 +233,15 @@ pub async fn store_key(
     non_empty("prv", &request.prv)?;
     non_empty("pub", &request.public)?;
     non_empty("coin", &request.coin)?;
-    let sealed = api
-        .keys()
-        .default_provider()
-        .seal(
-            request.prv.as_bytes(),
-            &seal_context(request.source, &request.public),
-        )
-        .await
-        .map_err(provider_error)?;
-    let stored = StoredKey {
-        public: request.public.clone(),
-        coin: request.coin.clone(),
-        source: request.source,
-        kind: request.kind,
-        sealed: hex::encode(sealed),
-        created_at: Timestamp::now(),
-    };
-    let bytes = serde_json::to_vec(&stored)
-        .map_err(|e| BitgoError::from(CoreError::Internal(e.to_string())))?;
-    let written = api
-        .store
-        .put_setting_if_absent(
-            &setting(STORED_PREFIX, request.source, &request.public),
-            &bytes,
-        )
-        .await
-        .map_err(store_error)?;
-    if !written {
-        return Err(BitgoError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "Duplicated Key for source: {} and pub: {}...",
-                request.source.as_str(),
-                short(&request.public)
-            ),
-        ));
-    }
+    seal_and_store(
+        &api,
+        &request.public,
+        request.prv.as_bytes(),
+        &request.coin,
+        request.source,
+        request.kind,
+    )
+    .await?;
     record(
         &api,
         &ctx,
@@ -385,6 +357,86 @@ fn public_text(key: &custos_types::PublicKey) -> String {
     }
 }
 
+/// Seals `prv` with the provider and records it as a stored key; 409 if `pub`+`source` exists.
+async fn seal_and_store(
+    api: &BitgoApi,
+    public: &str,
+    prv: &[u8],
+    coin: &str,
+    source: Source,
+    kind: KeyType,
+) -> Result<(), BitgoError> {
+    let sealed = api
+        .keys()
+        .default_provider()
+        .seal(prv, &seal_context(source, public))
+        .await
+        .map_err(provider_error)?;
+    let stored = StoredKey {
+        public: public.to_owned(),
+        coin: coin.to_owned(),
+        source,
+        kind,
+        sealed: hex::encode(sealed),
+        created_at: Timestamp::now(),
+    };
+    let bytes = serde_json::to_vec(&stored)
+        .map_err(|e| BitgoError::from(CoreError::Internal(e.to_string())))?;
+    let written = api
+        .store
+        .put_setting_if_absent(&setting(STORED_PREFIX, source, public), &bytes)
+        .await
+        .map_err(store_error)?;
+    if !written {
+        return Err(BitgoError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "Duplicated Key for source: {} and pub: {}...",
+                source.as_str(),
+                short(public)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A UTXO coin's key: a BIP32 master sealed by the provider; the answer is its `xpub`.
+async fn generate_utxo_key(
+    api: &BitgoApi,
+    ctx: &RequestContext,
+    request: &GenerateKeyRequest,
+) -> Answer {
+    let (xprv, xpub) =
+        crate::utxo::new_master().map_err(|e| BitgoError::from(CoreError::Internal(e)))?;
+    seal_and_store(
+        api,
+        &xpub,
+        xprv.as_bytes(),
+        &request.coin,
+        request.source,
+        request.kind,
+    )
+    .await?;
+    record(
+        api,
+        ctx,
+        "bitgo_generate_key",
+        format!(
+            "{} BIP32 master {}... ({})",
+            request.source.as_str(),
+            short(&xpub),
+            request.coin
+        ),
+    )
+    .await?;
+    Ok(Json(json!({
+        "pub": xpub,
+        "coin": request.coin,
+        "source": request.source,
+        "type": request.kind,
+    })))
+}
+
 /// `POST /key/generate`: a new key held by the default provider, as a Custos key.
 pub async fn generate_key(
     State(api): State<BitgoApi>,
@@ -394,6 +446,9 @@ pub async fn generate_key(
     let ctx = authorize(&api, auth, Operation::Bitgo).await?;
     let request: GenerateKeyRequest = parse(&body)?;
     non_empty("coin", &request.coin)?;
+    if crate::utxo::is_utxo(&request.coin) {
+        return generate_utxo_key(&api, &ctx, &request).await;
+    }
     // A `tss` key generated here is an ordinary key held by the provider, labelled as the caller asked
     // (multi-party shares themselves come from the wallet's ceremony and arrive through `POST /key`).
     let mut id = [0u8; 8];
@@ -496,9 +551,38 @@ pub async fn sign(
     if payload.is_empty() {
         return Err(BitgoError::bad("signablePayload must not be empty"));
     }
+    if payload.starts_with(crate::utxo::PSBT_MAGIC) {
+        if wanted != Algorithm::Secp256k1 {
+            return Err(BitgoError::bad("a PSBT is signed with ecdsa"));
+        }
+        let Some(bytes) = stored else {
+            return Err(BitgoError::bad(
+                "this key is not a BIP32 key: PSBTs are signed by keys generated for UTXO coins, \
+                 or stored as an xprv",
+            ));
+        };
+        let (_, xprv) = unseal_stored(&api, &bytes, request.source, &request.public).await?;
+        let xprv = std::str::from_utf8(&xprv)
+            .map_err(|_| BitgoError::bad("the stored private key is not a BIP32 xprv"))?
+            .to_owned();
+        let xprv = zeroize::Zeroizing::new(xprv);
+        let signed = crate::utxo::sign_psbt(&xprv, &payload).map_err(BitgoError::bad)?;
+        record(
+            &api,
+            &ctx,
+            "bitgo_sign_psbt",
+            format!(
+                "{} key {}...",
+                request.source.as_str(),
+                short(&request.public)
+            ),
+        )
+        .await?;
+        return Ok(Json(json!({ "signature": hex::encode(signed) })));
+    }
     if wanted.is_ecdsa() && payload.len() != 32 {
         return Err(BitgoError::bad(
-            "for ecdsa, signablePayload is the 32-byte hash to sign (an operation hash or sighash); Custos does not sign whole PSBTs",
+            "for ecdsa, signablePayload is a PSBT or the 32-byte hash to sign (an operation hash)",
         ));
     }
     let input = if wanted.is_ecdsa() {

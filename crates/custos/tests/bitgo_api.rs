@@ -42,9 +42,45 @@ r = call("POST", "/sign", user, {"pub": key["pub"], "source": "backup", "signabl
 assert r.status_code == 404 and "not found" in r.json()["message"], r.text
 # A PSBT is not a 32-byte hash: refused with the reason; the wrong algorithm too.
 r = call("POST", "/sign", user, {"pub": key["pub"], "source": "user", "signablePayload": "70736274ff0100", "algorithm": "ecdsa"})
+assert r.status_code == 400 and "BIP32" in r.json()["message"], r.text
+r = call("POST", "/sign", user, {"pub": key["pub"], "source": "user", "signablePayload": "abcd", "algorithm": "ecdsa"})
 assert r.status_code == 400 and "32-byte" in r.json()["message"], r.text
 r = call("POST", "/sign", user, {"pub": key["pub"], "source": "user", "signablePayload": digest.hex(), "algorithm": "eddsa"})
 assert r.status_code == 400, r.text
+
+# UTXO (BTC): the key is a BIP32 master (xpub); a 2-of-3 PSBT, P2WSH and P2SH, gets this key's partial
+# signature on each input, checked by embit against the BIP143 and legacy signature hashes.
+from embit import bip32, script, ec as embit_ec
+from embit import psbt as embit_psbt, transaction as embit_tx
+r = call("POST", "/key/generate", user, {"coin": "tbtc", "source": "user", "type": "independent"})
+assert r.status_code == 200, r.text
+xpub = r.json()["pub"]; assert xpub.startswith("xpub"), xpub
+master = bip32.HDKey.from_string(xpub)
+path = "m/0/0/0/7"
+child = master.derive(path)
+others = [embit_ec.PrivateKey(os.urandom(32)).get_public_key() for _ in range(2)]
+multisig = script.multisig(2, [child.key, others[0], others[1]])
+tx = embit_tx.Transaction(
+    vin=[embit_tx.TransactionInput(bytes.fromhex("11" * 32), 0), embit_tx.TransactionInput(bytes.fromhex("22" * 32), 1)],
+    vout=[embit_tx.TransactionOutput(150000, script.p2wpkh(others[0]))])
+unsigned = embit_psbt.PSBT(tx)
+unsigned.inputs[0].witness_utxo = embit_tx.TransactionOutput(100000, script.p2wsh(multisig))
+unsigned.inputs[0].witness_script = multisig
+unsigned.inputs[1].redeem_script = multisig
+for i in (0, 1):
+    unsigned.inputs[i].bip32_derivations[child.key] = embit_psbt.DerivationPath(master.my_fingerprint, bip32.parse_path(path))
+r = call("POST", "/sign", user, {"pub": xpub, "source": "user", "signablePayload": unsigned.serialize().hex(), "algorithm": "ecdsa"})
+assert r.status_code == 200, r.text
+signed = embit_psbt.PSBT.parse(bytes.fromhex(r.json()["signature"]))
+hashes_ = [signed.tx.sighash_segwit(0, multisig, 100000), signed.tx.sighash_legacy(1, multisig)]
+for i, h in enumerate(hashes_):
+    sig = signed.inputs[i].partial_sigs[child.key]
+    assert sig[-1] == 1, "SIGHASH_ALL"
+    assert child.key.verify(embit_ec.Signature.parse(sig[:-1]), h), f"input {i}"
+# A PSBT that does not name this key is refused with the reason.
+stranger = embit_psbt.PSBT(tx)
+r = call("POST", "/sign", user, {"pub": xpub, "source": "user", "signablePayload": stranger.serialize().hex(), "algorithm": "ecdsa"})
+assert r.status_code == 400 and "names this key" in r.json()["message"], r.text
 
 # EdDSA (Solana): base58 pub, hex signature over the payload bytes.
 import base64
