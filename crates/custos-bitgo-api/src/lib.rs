@@ -108,6 +108,18 @@ impl From<custos_core::CoreError> for BitgoError {
     }
 }
 
+impl From<custos_store::StoreError> for BitgoError {
+    fn from(err: custos_store::StoreError) -> Self {
+        custos_core::CoreError::from(err).into()
+    }
+}
+
+impl From<custos_provider::ProviderError> for BitgoError {
+    fn from(err: custos_provider::ProviderError) -> Self {
+        custos_core::CoreError::from(err).into()
+    }
+}
+
 impl From<custos_server::ApiError> for BitgoError {
     fn from(err: custos_server::ApiError) -> Self {
         BitgoError::new(err.status(), err.message())

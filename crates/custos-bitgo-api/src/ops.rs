@@ -113,6 +113,11 @@ struct GeneratedKey {
     key: String,
 }
 
+/// An internal failure (the detail is logged, never answered).
+fn internal(e: impl std::fmt::Display) -> BitgoError {
+    CoreError::Internal(e.to_string()).into()
+}
+
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, BitgoError> {
     serde_json::from_slice(body).map_err(|e| BitgoError::bad(e.to_string()))
 }
@@ -195,14 +200,6 @@ async fn record(
     Ok(())
 }
 
-fn store_error(e: custos_store::StoreError) -> BitgoError {
-    CoreError::from(e).into()
-}
-
-fn provider_error(e: custos_provider::ProviderError) -> BitgoError {
-    CoreError::from(e).into()
-}
-
 /// A stored key's record and its private key, unsealed by the provider.
 async fn unseal_stored(
     api: &BitgoApi,
@@ -210,15 +207,13 @@ async fn unseal_stored(
     source: Source,
     public: &str,
 ) -> Result<(StoredKey, zeroize::Zeroizing<Vec<u8>>), BitgoError> {
-    let internal = |e: String| BitgoError::from(CoreError::Internal(e));
-    let stored: StoredKey = serde_json::from_slice(bytes).map_err(|e| internal(e.to_string()))?;
-    let sealed = hex::decode(&stored.sealed).map_err(|e| internal(e.to_string()))?;
+    let stored: StoredKey = serde_json::from_slice(bytes).map_err(internal)?;
+    let sealed = hex::decode(&stored.sealed).map_err(internal)?;
     let prv = api
         .keys()
         .default_provider()
         .unseal(&sealed, &seal_context(source, public))
-        .await
-        .map_err(provider_error)?;
+        .await?;
     Ok((stored, prv))
 }
 
@@ -307,8 +302,7 @@ pub async fn get_key(
     let Some(bytes) = api
         .store
         .get_setting(&setting(STORED_PREFIX, source, &public))
-        .await
-        .map_err(store_error)?
+        .await?
     else {
         return Err(not_found(&public, source));
     };
@@ -370,8 +364,7 @@ async fn seal_and_store(
         .keys()
         .default_provider()
         .seal(prv, &seal_context(source, public))
-        .await
-        .map_err(provider_error)?;
+        .await?;
     let stored = StoredKey {
         public: public.to_owned(),
         coin: coin.to_owned(),
@@ -380,13 +373,11 @@ async fn seal_and_store(
         sealed: hex::encode(sealed),
         created_at: Timestamp::now(),
     };
-    let bytes = serde_json::to_vec(&stored)
-        .map_err(|e| BitgoError::from(CoreError::Internal(e.to_string())))?;
+    let bytes = serde_json::to_vec(&stored).map_err(internal)?;
     let written = api
         .store
         .put_setting_if_absent(&setting(STORED_PREFIX, source, public), &bytes)
-        .await
-        .map_err(store_error)?;
+        .await?;
     if !written {
         return Err(BitgoError::new(
             StatusCode::CONFLICT,
@@ -406,8 +397,7 @@ async fn generate_utxo_key(
     ctx: &RequestContext,
     request: &GenerateKeyRequest,
 ) -> Answer {
-    let (xprv, xpub) =
-        crate::utxo::new_master().map_err(|e| BitgoError::from(CoreError::Internal(e)))?;
+    let (xprv, xpub) = crate::utxo::new_master().map_err(internal)?;
     seal_and_store(
         api,
         &xpub,
@@ -474,13 +464,11 @@ pub async fn generate_key(
         kind: request.kind,
         key: name.to_string(),
     };
-    let bytes = serde_json::to_vec(&generated)
-        .map_err(|e| BitgoError::from(CoreError::Internal(e.to_string())))?;
+    let bytes = serde_json::to_vec(&generated).map_err(internal)?;
     if !api
         .store
         .put_setting_if_absent(&setting(GENERATED_PREFIX, request.source, &public), &bytes)
-        .await
-        .map_err(store_error)?
+        .await?
     {
         return Err(BitgoError::new(
             StatusCode::CONFLICT,
@@ -526,15 +514,13 @@ pub async fn sign(
     let generated = api
         .store
         .get_setting(&setting(GENERATED_PREFIX, request.source, &request.public))
-        .await
-        .map_err(store_error)?;
+        .await?;
     let stored = match generated {
         Some(_) => None,
         None => Some(
             api.store
                 .get_setting(&setting(STORED_PREFIX, request.source, &request.public))
-                .await
-                .map_err(store_error)?
+                .await?
                 .ok_or_else(|| not_found(&request.public, request.source))?,
         ),
     };
@@ -591,8 +577,7 @@ pub async fn sign(
         SignInput::Message(payload.clone())
     };
     if let Some(bytes) = generated {
-        let generated: GeneratedKey = serde_json::from_slice(&bytes)
-            .map_err(|e| BitgoError::from(CoreError::Internal(e.to_string())))?;
+        let generated: GeneratedKey = serde_json::from_slice(&bytes).map_err(internal)?;
         let name = KeyName::new(generated.key).map_err(CoreError::from)?;
         if api.keys().key(&name)?.algorithm != wanted {
             return Err(BitgoError::bad(format!(
@@ -678,7 +663,7 @@ pub async fn generate_data_key(
             use p256::pkcs8::EncodePrivateKey as _;
             let der = p256::SecretKey::random(&mut OsRng)
                 .to_pkcs8_der()
-                .map_err(|e| BitgoError::from(CoreError::Internal(e.to_string())))?;
+                .map_err(internal)?;
             zeroize::Zeroizing::new(der.as_bytes().to_vec())
         }
         "RSA-2048" => {
@@ -689,8 +674,8 @@ pub async fn generate_data_key(
                     .and_then(|k| k.to_pkcs8_der().map_err(|e| e.to_string()))
             })
             .await
-            .map_err(|e| BitgoError::from(CoreError::Internal(e.to_string())))?
-            .map_err(|e| BitgoError::from(CoreError::Internal(e)))?;
+            .map_err(internal)?
+            .map_err(internal)?;
             zeroize::Zeroizing::new(der.as_bytes().to_vec())
         }
         other => {
@@ -704,8 +689,7 @@ pub async fn generate_data_key(
         .keys()
         .default_provider()
         .seal(&key, DATA_KEY_CONTEXT)
-        .await
-        .map_err(provider_error)?;
+        .await?;
     record(
         &api,
         &ctx,

@@ -126,6 +126,18 @@ impl From<custos_core::CoreError> for KmsError {
     }
 }
 
+impl From<custos_store::StoreError> for KmsError {
+    fn from(err: custos_store::StoreError) -> Self {
+        custos_core::CoreError::from(err).into()
+    }
+}
+
+impl From<custos_provider::ProviderError> for KmsError {
+    fn from(err: custos_provider::ProviderError) -> Self {
+        custos_core::CoreError::from(err).into()
+    }
+}
+
 impl From<custos_types::TypesError> for KmsError {
     fn from(err: custos_types::TypesError) -> Self {
         KmsError::validation(err.to_string())

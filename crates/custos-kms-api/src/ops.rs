@@ -111,8 +111,7 @@ impl KmsApi {
             match self
                 .store
                 .get_setting(&format!("{STATE_PREFIX}{id}"))
-                .await
-                .map_err(custos_core::CoreError::from)?
+                .await?
             {
                 Some(bytes) => serde_json::from_slice(&bytes)
                     .map_err(|e| KmsError::new("KMSInternalException", e.to_string()))?,
@@ -129,8 +128,7 @@ impl KmsApi {
             .map_err(|e| KmsError::new("KMSInternalException", e.to_string()))?;
         self.store
             .put_setting(&format!("{STATE_PREFIX}{id}"), &bytes)
-            .await
-            .map_err(custos_core::CoreError::from)?;
+            .await?;
         Ok(())
     }
 
@@ -152,8 +150,7 @@ impl KmsApi {
             let target = self
                 .store
                 .get_setting(&format!("{ALIAS_PREFIX}{id}"))
-                .await
-                .map_err(custos_core::CoreError::from)?
+                .await?
                 .ok_or_else(|| {
                     KmsError::new("NotFoundException", format!("Alias '{id}' does not exist"))
                 })?;
@@ -164,8 +161,7 @@ impl KmsApi {
         if self
             .store
             .get_setting(&format!("{SYMMETRIC_PREFIX}{id}"))
-            .await
-            .map_err(custos_core::CoreError::from)?
+            .await?
             .is_some()
         {
             return Ok(Key::Symmetric(id));
@@ -173,8 +169,7 @@ impl KmsApi {
         if let Some(spec) = self
             .store
             .get_setting(&format!("{PENDING_PREFIX}{id}"))
-            .await
-            .map_err(custos_core::CoreError::from)?
+            .await?
         {
             return Ok(Key::Pending(
                 id,
@@ -315,8 +310,7 @@ impl KmsApi {
         let sealed = self
             .sealer
             .seal(plaintext, &Self::context(id, input)?)
-            .await
-            .map_err(custos_core::CoreError::from)?;
+            .await?;
         let mut blob = BLOB_MAGIC.to_vec();
         blob.push(u8::try_from(id.len()).map_err(|_| KmsError::validation("key id too long"))?);
         blob.extend_from_slice(id.as_bytes());
@@ -371,12 +365,7 @@ pub(crate) async fn run(
                 .map(|k| k.name.to_string())
                 .collect();
             for prefix in [SYMMETRIC_PREFIX, PENDING_PREFIX] {
-                for (name, _) in api
-                    .store
-                    .list_settings(prefix)
-                    .await
-                    .map_err(custos_core::CoreError::from)?
-                {
+                for (name, _) in api.store.list_settings(prefix).await? {
                     keys.push(name.trim_start_matches(prefix).to_owned());
                 }
             }
@@ -427,8 +416,7 @@ pub(crate) async fn run(
             let written = api
                 .store
                 .put_setting_if_absent(&format!("{ALIAS_PREFIX}{alias}"), key.id().as_bytes())
-                .await
-                .map_err(custos_core::CoreError::from)?;
+                .await?;
             if !written {
                 return Err(KmsError::new(
                     "AlreadyExistsException",
@@ -449,12 +437,7 @@ pub(crate) async fn run(
                 None => None,
             };
             let mut aliases = Vec::new();
-            for (name, target) in api
-                .store
-                .list_settings(ALIAS_PREFIX)
-                .await
-                .map_err(custos_core::CoreError::from)?
-            {
+            for (name, target) in api.store.list_settings(ALIAS_PREFIX).await? {
                 let alias = name.trim_start_matches(ALIAS_PREFIX);
                 let target = String::from_utf8_lossy(&target).into_owned();
                 if filter.as_ref().is_some_and(|f| *f != target) {
@@ -585,8 +568,7 @@ async fn create_key(api: &KmsApi, ctx: &RequestContext, input: &Value) -> Result
         }
         api.store
             .put_setting(&format!("{PENDING_PREFIX}{id}"), spec.as_bytes())
-            .await
-            .map_err(custos_core::CoreError::from)?;
+            .await?;
         api.record(
             ctx,
             "kms_create_key",
@@ -606,8 +588,7 @@ async fn create_key(api: &KmsApi, ctx: &RequestContext, input: &Value) -> Result
                 &format!("{SYMMETRIC_PREFIX}{id}"),
                 api.sealer.name().as_str().as_bytes(),
             )
-            .await
-            .map_err(custos_core::CoreError::from)?;
+            .await?;
         api.record(ctx, "kms_create_key", &id, "SYMMETRIC_DEFAULT".into())
             .await?;
         Key::Symmetric(id.clone())
@@ -713,8 +694,7 @@ async fn parameters_for_import(
             &private_der,
             format!("custos-kms-import-v1\0{id}").as_bytes(),
         )
-        .await
-        .map_err(custos_core::CoreError::from)?;
+        .await?;
     let mut token = [0u8; 32];
     OsRng.fill_bytes(&mut token);
     let valid_to = Timestamp::now()
@@ -730,8 +710,7 @@ async fn parameters_for_import(
         .map_err(|e| KmsError::new("KMSInternalException", e.to_string()))?;
     api.store
         .put_setting(&format!("{IMPORT_PREFIX}{id}"), &bytes)
-        .await
-        .map_err(custos_core::CoreError::from)?;
+        .await?;
     api.record(
         ctx,
         "kms_get_parameters_for_import",
@@ -774,8 +753,7 @@ async fn import_key_material(
     let parameters: ImportParameters = match api
         .store
         .get_setting(&format!("{IMPORT_PREFIX}{id}"))
-        .await
-        .map_err(custos_core::CoreError::from)?
+        .await?
     {
         Some(bytes) => serde_json::from_slice(&bytes)
             .map_err(|e| KmsError::new("KMSInternalException", e.to_string()))?,
@@ -796,8 +774,7 @@ async fn import_key_material(
     let wrapping_der = api
         .sealer
         .unseal(&sealed, format!("custos-kms-import-v1\0{id}").as_bytes())
-        .await
-        .map_err(custos_core::CoreError::from)?;
+        .await?;
     let wrapped = blob(input, "EncryptedKeyMaterial")?;
     let incorrect = || {
         KmsError::new(
@@ -823,10 +800,7 @@ async fn import_key_material(
         .import_key(ctx, KeyName::new(id)?, &private, None)
         .await?;
     for prefix in [PENDING_PREFIX, IMPORT_PREFIX] {
-        api.store
-            .delete_setting(&format!("{prefix}{id}"))
-            .await
-            .map_err(custos_core::CoreError::from)?;
+        api.store.delete_setting(&format!("{prefix}{id}")).await?;
     }
     let mut state = api.state(id).await?;
     state.state = "Enabled".into();
@@ -936,10 +910,7 @@ async fn sign_or_verify(
             "every provider of the key failed; emergency signatures are not given to KMS clients",
         ));
     }
-    let signature = outcome
-        .signature
-        .encode(format)
-        .map_err(custos_core::CoreError::from)?;
+    let signature = outcome.signature.encode(format)?;
     Ok(
         json!({ "KeyId": api.arn(name.as_str()), "Signature": B64.encode(signature), "SigningAlgorithm": algorithm }),
     )
