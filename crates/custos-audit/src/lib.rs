@@ -6,9 +6,11 @@
 //! its audit key: a checkpoint. An export that ends without a checkpoint, or whose records disagree with
 //! a checkpoint, was tampered with or truncated. Nothing here does I/O.
 
+mod query;
 mod record;
 mod verify;
 
+pub use query::AuditQuery;
 pub use record::{
     payload_mac, Actor, AuditEntry, AuditRecord, Checkpoint, ExportLine, Head, Outcome,
 };
