@@ -229,6 +229,7 @@ impl KeyProvider for KmsProvider {
             algorithms: Algorithm::ALL.to_vec(),
             exportable: false,
             import: true,
+            bip32: false,
         }
     }
 

@@ -407,6 +407,7 @@ impl KeyProvider for Pkcs11Provider {
             algorithms: Algorithm::ALL.to_vec(),
             exportable: false,
             import: true,
+            bip32: false,
         }
     }
 

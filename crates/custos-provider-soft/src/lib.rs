@@ -9,19 +9,26 @@
 //!
 //! Unsealed keys live in memory only inside zeroizing types.
 
+mod bip32;
 mod keymap;
 mod keystore;
 mod memory;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use custos_provider::{Capabilities, GeneratedKey, KeyProvider, ProviderError, ProviderHealth};
-use custos_store::{SealedKey, Store, StoreError};
+use custos_provider::{
+    Bip32Key, Capabilities, DerivationPath, GeneratedKey, KeyProvider, ProviderError,
+    ProviderHealth,
+};
+use custos_store::{Store, StoreError};
 use custos_types::{
-    Algorithm, KeyHandle, PrivateKey, ProviderName, PublicKey, SignPayload, Timestamp,
+    Algorithm, KeyHandle, PrivateKey, ProviderName, PublicKey, SealedKey, SignPayload, Timestamp,
 };
 use secrecy::SecretString;
+
+use bip32::Master;
 
 use keymap::KeyMap;
 pub use keystore::KdfParams;
@@ -42,7 +49,13 @@ pub struct SoftProvider {
     store: Arc<dyn Store>,
     keystore: Keystore,
     keys: KeyMap,
+    /// BIP32 masters by handle (their own keys are in `keys` too).
+    masters: RwLock<HashMap<KeyHandle, Arc<Master>>>,
 }
+
+/// Handles of BIP32 masters start with this; the handle is bound into the sealed record's associated
+/// data, so a master cannot be passed off as a plain key or the reverse.
+const BIP32_PREFIX: &str = "soft-bip32";
 
 impl SoftProvider {
     /// Unlocks (or, on first use, creates) the keystore of provider `name` in `store` with the master
@@ -58,8 +71,16 @@ impl SoftProvider {
     ) -> Result<SoftProvider, ProviderError> {
         let keystore = Keystore::unlock_or_create(&name, store.as_ref(), password, params).await?;
         let keys = KeyMap::default();
+        let mut masters = HashMap::new();
         for sealed in store.list_sealed_keys(&name).await.map_err(store_error)? {
-            keys.insert(sealed.handle.clone(), unseal(&keystore.data_key, &sealed)?)?;
+            let secret = open_sealed(&keystore.data_key, &sealed)?;
+            if sealed.handle.as_str().starts_with(BIP32_PREFIX) {
+                let master = Master::from_sealed(&secret)?;
+                keys.insert(sealed.handle.clone(), master.private_key()?)?;
+                masters.insert(sealed.handle.clone(), Arc::new(master));
+            } else {
+                keys.insert(sealed.handle.clone(), key_of(&sealed, &secret)?)?;
+            }
         }
         tracing::info!(provider = %name, keys = keys.len(), "software keystore unlocked");
         Ok(SoftProvider {
@@ -67,17 +88,50 @@ impl SoftProvider {
             store,
             keystore,
             keys,
+            masters: RwLock::new(masters),
         })
     }
 
     /// Seals a key into the store under a fresh handle and keeps it unsealed in memory.
     async fn keep(&self, key: PrivateKey) -> Result<GeneratedKey, ProviderError> {
-        let algorithm = key.algorithm();
         let handle = KeyMap::new_handle("soft");
+        self.seal_into_store(&handle, key.algorithm(), &key.secret())
+            .await?;
+        let public_key = key.public_key();
+        self.keys.insert(handle.clone(), key)?;
+        Ok(GeneratedKey { handle, public_key })
+    }
+
+    /// Seals a BIP32 master into the store under a fresh handle and keeps it in memory.
+    async fn keep_master(&self, master: Master) -> Result<Bip32Key, ProviderError> {
+        let handle = KeyMap::new_handle(BIP32_PREFIX);
+        self.seal_into_store(&handle, Algorithm::Secp256k1, master.sealed_bytes())
+            .await?;
+        let key = master.private_key()?;
+        let public_key = key.public_key();
+        let chain_code = master.chain_code();
+        self.keys.insert(handle.clone(), key)?;
+        self.masters
+            .write()
+            .map_err(|_| ProviderError::Unavailable("master map lock poisoned".into()))?
+            .insert(handle.clone(), Arc::new(master));
+        Ok(Bip32Key {
+            key: GeneratedKey { handle, public_key },
+            chain_code,
+        })
+    }
+
+    /// Writes `secret` sealed under the data key, bound to this provider, the handle and the algorithm.
+    async fn seal_into_store(
+        &self,
+        handle: &KeyHandle,
+        algorithm: Algorithm,
+        secret: &[u8],
+    ) -> Result<(), ProviderError> {
         let (nonce, ciphertext) = self
             .keystore
             .data_key
-            .seal(&key.secret(), &aad(&self.name, &handle, algorithm))?;
+            .seal(secret, &aad(&self.name, handle, algorithm))?;
         let sealed = SealedKey {
             provider: self.name.clone(),
             handle: handle.clone(),
@@ -89,10 +143,16 @@ impl SoftProvider {
         self.store
             .put_sealed_key(&sealed)
             .await
-            .map_err(store_error)?;
-        let public_key = key.public_key();
-        self.keys.insert(handle.clone(), key)?;
-        Ok(GeneratedKey { handle, public_key })
+            .map_err(store_error)
+    }
+
+    fn master(&self, handle: &KeyHandle) -> Result<Arc<Master>, ProviderError> {
+        self.masters
+            .read()
+            .map_err(|_| ProviderError::Unavailable("master map lock poisoned".into()))?
+            .get(handle)
+            .cloned()
+            .ok_or_else(|| ProviderError::UnknownKey(handle.clone()))
     }
 }
 
@@ -110,14 +170,20 @@ fn aad(provider: &ProviderName, handle: &KeyHandle, algorithm: Algorithm) -> Vec
     format!("custos-soft-key-v1\0{provider}\0{handle}\0{algorithm}").into_bytes()
 }
 
-fn unseal(data_key: &DataKey, sealed: &SealedKey) -> Result<PrivateKey, ProviderError> {
+fn open_sealed(
+    data_key: &DataKey,
+    sealed: &SealedKey,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, ProviderError> {
     let aad = aad(&sealed.provider, &sealed.handle, sealed.algorithm);
-    let secret = data_key
+    data_key
         .open(&sealed.nonce, &sealed.ciphertext, &aad)
         .ok_or_else(|| {
             ProviderError::Corrupt(format!("sealed key {} does not decrypt", sealed.handle))
-        })?;
-    PrivateKey::from_secret(sealed.algorithm, &secret).map_err(|_| {
+        })
+}
+
+fn key_of(sealed: &SealedKey, secret: &[u8]) -> Result<PrivateKey, ProviderError> {
+    PrivateKey::from_secret(sealed.algorithm, secret).map_err(|_| {
         ProviderError::Corrupt(format!("sealed key {} is not a valid key", sealed.handle))
     })
 }
@@ -137,6 +203,7 @@ impl KeyProvider for SoftProvider {
             algorithms: Algorithm::ALL.to_vec(),
             exportable: true,
             import: true,
+            bip32: true,
         }
     }
 
@@ -149,6 +216,12 @@ impl KeyProvider for SoftProvider {
     }
 
     async fn export(&self, handle: &KeyHandle) -> Result<PrivateKey, ProviderError> {
+        if handle.as_str().starts_with(BIP32_PREFIX) {
+            // Its key alone is not the master (the chain code would be lost), so it does not leave.
+            return Err(ProviderError::NotSupported(
+                "a BIP32 master does not leave the keystore",
+            ));
+        }
         let key = self.keys.get(handle)?;
         PrivateKey::from_secret(key.algorithm(), &key.secret())
             .map_err(|e| ProviderError::Corrupt(e.to_string()))
@@ -190,6 +263,32 @@ impl KeyProvider for SoftProvider {
             .ok_or_else(corrupt)
     }
 
+    async fn generate_bip32(&self, _label: &str) -> Result<Bip32Key, ProviderError> {
+        self.keep_master(Master::generate()?).await
+    }
+
+    async fn import_sealed_bip32(
+        &self,
+        sealed: &[u8],
+        context: &[u8],
+        _label: &str,
+    ) -> Result<Bip32Key, ProviderError> {
+        let text = self.unseal(sealed, context).await?;
+        self.keep_master(Master::from_xprv(&text)?).await
+    }
+
+    async fn sign_derived(
+        &self,
+        handle: &KeyHandle,
+        path: &DerivationPath,
+        digest: &[u8; 32],
+    ) -> Result<Vec<u8>, ProviderError> {
+        let child = self.master(handle)?.derive(path)?;
+        child
+            .sign(&SignPayload::Digest(*digest))
+            .map_err(|_| ProviderError::InvalidPayload("ECDSA signing failed"))
+    }
+
     async fn public_key(&self, handle: &KeyHandle) -> Result<PublicKey, ProviderError> {
         Ok(self.keys.get(handle)?.public_key())
     }
@@ -216,7 +315,7 @@ impl KeyProvider for SoftProvider {
 mod tests {
     use super::*;
     use custos_provider::conformance;
-    use custos_store::SqliteStore;
+    use custos_store::{SealedKeyStore as _, SqliteStore};
     use secrecy::SecretString;
 
     fn password(p: &str) -> SecretString {
@@ -307,8 +406,68 @@ mod tests {
             .any(|w| w == secret.as_slice()));
         // The same ciphertext under another handle does not open.
         sealed.handle = KeyHandle::new("soft-other");
-        assert!(unseal(&provider.keystore.data_key, &sealed).is_err());
+        assert!(open_sealed(&provider.keystore.data_key, &sealed).is_err());
         assert!(!format!("{:?}", provider.keys.get(&key.handle).unwrap())
             .contains(&hex::encode(&secret)));
+    }
+
+    #[tokio::test]
+    async fn bip32_masters_sign_derived_children_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (provider, store) = open(dir.path(), "pw").await.unwrap();
+        // BIP32 test vector 1's master, as a client would hand it over (sealed by the provider).
+        let xprv = "xprv9s21ZrQH143K3QTDL4LXw2F7HEK3wJUD2nW2nRk4stbPy6cq3jPPqjiChkVvvNKmPGJxWUtg6LnF5kejMRNNU3TGtRBeJgk33yuGBxrMPHi";
+        let sealed = provider.seal(xprv.as_bytes(), b"ctx").await.unwrap();
+        assert!(provider.import_sealed_bip32(&sealed, b"other", "t").await.is_err());
+        let master = provider.import_sealed_bip32(&sealed, b"ctx", "t").await.unwrap();
+        assert_eq!(
+            hex::encode(master.chain_code),
+            "873dff81c02f525623fd1fe5167eac3a55a049de3d314bb42ee227ffed37d508"
+        );
+        let path = [custos_provider::HARDENED, 1];
+        let signature = provider
+            .sign_derived(&master.key.handle, &path, &[7; 32])
+            .await
+            .unwrap();
+        // m/0'/1 of test vector 1, checked with the child's public key.
+        let child_secret =
+            hex::decode("3c6cb8d0f6a264c91ea8b5030fadaa8e538b020f0a387421a12de9319dc93368").unwrap();
+        let child = PrivateKey::from_secret(Algorithm::Secp256k1, &child_secret).unwrap();
+        child
+            .public_key()
+            .verify(&SignPayload::Digest([7; 32]), &signature, custos_types::SignatureFormat::Raw)
+            .unwrap();
+        assert!(matches!(
+            provider.export(&master.key.handle).await,
+            Err(ProviderError::NotSupported(_))
+        ));
+        let generated = provider.generate_bip32("t").await.unwrap();
+        drop((provider, store));
+        let (provider, _store) = open(dir.path(), "pw").await.unwrap();
+        let again = provider
+            .sign_derived(&master.key.handle, &path, &[7; 32])
+            .await
+            .unwrap();
+        child
+            .public_key()
+            .verify(&SignPayload::Digest([7; 32]), &again, custos_types::SignatureFormat::Raw)
+            .unwrap();
+        assert_eq!(
+            provider.public_key(&generated.key.handle).await.unwrap(),
+            generated.key.public_key
+        );
+        // A plain key has no children.
+        let plain = provider.generate(Algorithm::Secp256k1, "t").await.unwrap();
+        assert!(provider.sign_derived(&plain.handle, &[0], &[1; 32]).await.is_err());
+        // import_sealed of hex text: the default path through unseal and import.
+        let hex_key = provider.seal(b"0x".iter().chain(hex::encode([5u8; 32]).as_bytes()).copied().collect::<Vec<_>>().as_slice(), b"k").await.unwrap();
+        let imported = provider
+            .import_sealed(&hex_key, b"k", Algorithm::Secp256k1, "t")
+            .await
+            .unwrap();
+        assert_eq!(
+            imported.public_key,
+            PrivateKey::from_secret(Algorithm::Secp256k1, &[5; 32]).unwrap().public_key()
+        );
     }
 }

@@ -41,6 +41,7 @@ impl KeyProvider for MemoryProvider {
             algorithms: Algorithm::ALL.to_vec(),
             exportable: false,
             import: false,
+            bip32: false,
         }
     }
 

@@ -151,6 +151,7 @@ impl KeyProvider for YubiHsmProvider {
             algorithms: Algorithm::ALL.to_vec(),
             exportable: false,
             import: false,
+            bip32: false,
         }
     }
 

@@ -117,6 +117,31 @@ impl KeyProvider for FaultyProvider {
         self.inner.unseal(sealed, context).await
     }
 
+    async fn generate_bip32(&self, label: &str) -> Result<crate::Bip32Key, ProviderError> {
+        self.gate().await?;
+        self.inner.generate_bip32(label).await
+    }
+
+    async fn import_sealed_bip32(
+        &self,
+        sealed: &[u8],
+        context: &[u8],
+        label: &str,
+    ) -> Result<crate::Bip32Key, ProviderError> {
+        self.gate().await?;
+        self.inner.import_sealed_bip32(sealed, context, label).await
+    }
+
+    async fn sign_derived(
+        &self,
+        handle: &KeyHandle,
+        path: &crate::DerivationPath,
+        digest: &[u8; 32],
+    ) -> Result<Vec<u8>, ProviderError> {
+        self.gate().await?;
+        self.inner.sign_derived(handle, path, digest).await
+    }
+
     async fn public_key(&self, handle: &KeyHandle) -> Result<PublicKey, ProviderError> {
         self.gate().await?;
         self.inner.public_key(handle).await

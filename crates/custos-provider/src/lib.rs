@@ -30,6 +30,8 @@ pub struct Capabilities {
     pub exportable: bool,
     /// Whether the provider can take in key material generated elsewhere.
     pub import: bool,
+    /// Whether the provider holds BIP32 master keys and signs with children derived along a path.
+    pub bip32: bool,
 }
 
 /// The bytes a back-end signs for a key of `algorithm`: the message for Ed25519, the 32-byte digest for
@@ -54,6 +56,42 @@ pub struct GeneratedKey {
     pub handle: KeyHandle,
     /// The key's public half.
     pub public_key: PublicKey,
+}
+
+/// A BIP32 master key (secp256k1) the provider has just generated or imported: its handle and public key,
+/// and the chain code that, with the public key, makes the `xpub`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bip32Key {
+    /// The master key: its handle and its public key.
+    pub key: GeneratedKey,
+    /// The master's chain code (public: it is part of the `xpub`).
+    pub chain_code: [u8; 32],
+}
+
+/// A BIP32 derivation path as child numbers; numbers at or above [`HARDENED`] are hardened.
+pub type DerivationPath = [u32];
+
+/// The first hardened child number (`0'`).
+pub const HARDENED: u32 = 0x8000_0000;
+
+/// Reads a private key that a client wrote as text: 32 bytes of hex, optionally `0x`-prefixed (what
+/// wallets such as BitGo's store). The bytes stay in zeroizing memory.
+pub fn parse_hex_secret(text: &[u8]) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
+    let refused = || ProviderError::InvalidPayload("the key material is not 32 bytes of hex");
+    let text = std::str::from_utf8(text).map_err(|_| refused())?.trim();
+    let text = text.strip_prefix("0x").unwrap_or(text);
+    if text.len() != 64 {
+        return Err(refused());
+    }
+    let mut out = Zeroizing::new(vec![0u8; 32]);
+    for (i, pair) in text.as_bytes().chunks(2).enumerate() {
+        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        let (Some(high), Some(low)) = (digit(pair[0]), digit(pair[1])) else {
+            return Err(refused());
+        };
+        out[i] = (high << 4) | low;
+    }
+    Ok(out)
 }
 
 /// A provider's answer to a health probe.
@@ -162,6 +200,60 @@ pub trait KeyProvider: Send + Sync + Debug {
         let _ = (sealed, context);
         Err(ProviderError::NotSupported(
             "this provider cannot encrypt secrets",
+        ))
+    }
+
+    /// Takes in key material that a client gave Custos, which this provider sealed with
+    /// [`KeyProvider::seal`] under `context`: 32 bytes of hex text for `algorithm`. The material is opened
+    /// and imported inside the provider, so it never crosses this trait in the clear. The default opens it
+    /// with [`KeyProvider::unseal`] and imports it with [`KeyProvider::import`].
+    async fn import_sealed(
+        &self,
+        sealed: &[u8],
+        context: &[u8],
+        algorithm: Algorithm,
+        label: &str,
+    ) -> Result<GeneratedKey, ProviderError> {
+        let text = self.unseal(sealed, context).await?;
+        let secret = parse_hex_secret(&text)?;
+        let key = PrivateKey::from_secret(algorithm, &secret).map_err(|_| {
+            ProviderError::InvalidPayload("the key material is not a valid private key")
+        })?;
+        self.import(&key, label).await
+    }
+
+    /// Generates a BIP32 master key (secp256k1) inside the provider.
+    async fn generate_bip32(&self, label: &str) -> Result<Bip32Key, ProviderError> {
+        let _ = label;
+        Err(ProviderError::NotSupported(
+            "this provider does not hold BIP32 keys",
+        ))
+    }
+
+    /// Like [`KeyProvider::import_sealed`] for a client's BIP32 `xprv` (base58check text).
+    async fn import_sealed_bip32(
+        &self,
+        sealed: &[u8],
+        context: &[u8],
+        label: &str,
+    ) -> Result<Bip32Key, ProviderError> {
+        let _ = (sealed, context, label);
+        Err(ProviderError::NotSupported(
+            "this provider does not hold BIP32 keys",
+        ))
+    }
+
+    /// Signs the 32-byte `digest` with the child of the BIP32 master behind `handle` derived along
+    /// `path`, and returns the 64-byte raw ECDSA signature (r‖s).
+    async fn sign_derived(
+        &self,
+        handle: &KeyHandle,
+        path: &DerivationPath,
+        digest: &[u8; 32],
+    ) -> Result<Vec<u8>, ProviderError> {
+        let _ = (handle, path, digest);
+        Err(ProviderError::NotSupported(
+            "this provider does not hold BIP32 keys",
         ))
     }
 
