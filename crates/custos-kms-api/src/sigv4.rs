@@ -100,18 +100,24 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-/// A header value as SigV4 canonicalises it: trimmed, inner runs of spaces collapsed to one.
-fn canonical_value(value: &[u8]) -> String {
-    String::from_utf8_lossy(value)
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+/// A header value as SigV4 canonicalises it: leading and trailing whitespace trimmed, inner runs of spaces
+/// collapsed to one. The bytes are kept as they came (no lossy UTF-8 conversion).
+fn canonical_value(value: &[u8]) -> Vec<u8> {
+    let trimmed = value.trim_ascii();
+    let mut out = Vec::with_capacity(trimmed.len());
+    for &byte in trimmed {
+        if byte == b' ' && out.last() == Some(&b' ') {
+            continue;
+        }
+        out.push(byte);
+    }
+    out
 }
 
 /// RFC 3986 encoding as SigV4 uses it (unreserved characters kept; `/` kept in paths).
-fn uri_encode(text: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
+fn uri_encode(bytes: &[u8], keep_slash: bool) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &byte in bytes {
         match byte {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
                 out.push(char::from(byte))
@@ -123,6 +129,59 @@ fn uri_encode(text: &str, keep_slash: bool) -> String {
     out
 }
 
+/// Undoes `%XX` escapes; a `%` not followed by two hex digits stays as it is. `+` is not a space in SigV4.
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%' {
+            if let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                // Both digits are below 16, so this is one byte.
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or_default());
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The canonical URI of a path as received, as every AWS service but S3 (KMS included) builds it: dot
+/// segments removed and empty segments dropped (`//a/./b/../` → `/a/`), then URI-encoded. The path is
+/// encoded as it arrived, still percent-encoded, so an escape in it is encoded a second time
+/// (`%3D` → `%253D`), as AWS's signers do.
+fn canonical_uri(path: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut normalized = String::with_capacity(path.len() + 1);
+    for segment in &segments {
+        normalized.push('/');
+        normalized.push_str(segment);
+    }
+    let ends_in_directory = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
+    if normalized.is_empty() || ends_in_directory {
+        normalized.push('/');
+    }
+    uri_encode(normalized.as_bytes(), true)
+}
+
+/// The canonical query string: each name and value percent-decoded, then encoded once (so a query is
+/// never double-encoded), sorted by encoded name and then encoded value, a missing value as `name=`.
 fn canonical_query(query: Option<&str>) -> String {
     let mut pairs: Vec<(String, String)> = query
         .unwrap_or_default()
@@ -130,7 +189,10 @@ fn canonical_query(query: Option<&str>) -> String {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (uri_encode(k, false), uri_encode(v, false))
+            (
+                uri_encode(&percent_decode(k), false),
+                uri_encode(&percent_decode(v), false),
+            )
         })
         .collect();
     pairs.sort();
@@ -152,9 +214,9 @@ pub fn signature(
     body: &[u8],
     amz_date: &str,
 ) -> Result<String, SigV4Error> {
-    let mut canonical_headers = String::new();
+    let mut canonical_headers: Vec<u8> = Vec::new();
     for name in &auth.signed_headers {
-        let values: Vec<String> = headers
+        let values: Vec<Vec<u8>> = headers
             .get_all(name.as_str())
             .iter()
             .map(|v| canonical_value(v.as_bytes()))
@@ -162,14 +224,28 @@ pub fn signature(
         if values.is_empty() {
             return Err(SigV4Error::Malformed("a signed header is missing"));
         }
-        canonical_headers.push_str(&format!("{name}:{}\n", values.join(",")));
+        canonical_headers.extend_from_slice(name.as_bytes());
+        canonical_headers.push(b':');
+        canonical_headers.extend_from_slice(&values.join(&b','));
+        canonical_headers.push(b'\n');
     }
-    let canonical_request = format!(
-        "{method}\n{}\n{}\n{canonical_headers}\n{}\n{}",
-        uri_encode(uri.path(), true),
-        canonical_query(uri.query()),
-        auth.signed_headers.join(";"),
-        hex::encode(Sha256::digest(body)),
+    let mut canonical_request: Vec<u8> = Vec::new();
+    canonical_request.extend_from_slice(
+        format!(
+            "{method}\n{}\n{}\n",
+            canonical_uri(uri.path()),
+            canonical_query(uri.query())
+        )
+        .as_bytes(),
+    );
+    canonical_request.extend_from_slice(&canonical_headers);
+    canonical_request.extend_from_slice(
+        format!(
+            "\n{}\n{}",
+            auth.signed_headers.join(";"),
+            hex::encode(Sha256::digest(body))
+        )
+        .as_bytes(),
     );
     let scope = format!(
         "{}/{}/{}/aws4_request",
@@ -177,7 +253,7 @@ pub fn signature(
     );
     let string_to_sign = format!(
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical_request.as_bytes()))
+        hex::encode(Sha256::digest(&canonical_request))
     );
     let key = hmac(
         format!("AWS4{}", secret.expose_secret()).as_bytes(),
@@ -297,5 +373,69 @@ mod tests {
         );
         assert!(parse("Bearer x").is_err());
         assert!(parse("AWS4-HMAC-SHA256 Credential=a/b, SignedHeaders=host, Signature=0").is_err());
+    }
+
+    #[test]
+    fn paths_are_normalised_then_encoded_and_escapes_encoded_again() {
+        for (path, canonical) in [
+            ("/", "/"),
+            ("", "/"),
+            ("//", "/"),
+            ("/./", "/"),
+            ("/example/..", "/"),
+            ("/example1/example2/../..", "/"),
+            ("/./example", "/example"),
+            ("//example//", "/example/"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/../a", "/a"),
+            (
+                "/test/@connections/JBDvjfGEIAMCERw%3D",
+                "/test/%40connections/JBDvjfGEIAMCERw%253D",
+            ),
+            ("/-._~AZaz09", "/-._~AZaz09"),
+        ] {
+            assert_eq!(canonical_uri(path), canonical, "path {path:?}");
+        }
+    }
+
+    #[test]
+    fn queries_are_decoded_encoded_once_and_sorted_by_name_then_value() {
+        for (query, canonical) in [
+            (None, ""),
+            (Some(""), ""),
+            (
+                Some("Param2=value2&Param1=value1"),
+                "Param1=value1&Param2=value2",
+            ),
+            (
+                Some("Param1=value2&Param1=Value1"),
+                "Param1=Value1&Param1=value2",
+            ),
+            (
+                Some("Param1=value2&Param1=value1"),
+                "Param1=value1&Param1=value2",
+            ),
+            (
+                Some("Param-3=Value3&Param=Value2&%E1%88%B4=Value1"),
+                "%E1%88%B4=Value1&Param=Value2&Param-3=Value3",
+            ),
+            (Some("Param1"), "Param1="),
+            (Some("Param1=&a=b"), "Param1=&a=b"),
+            (Some("c+d"), "c%2Bd="),
+            (Some("a=x%2Fy&b=2%203"), "a=x%2Fy&b=2%203"),
+            (Some("a=x/y"), "a=x%2Fy"),
+            (Some("a=%zz%4"), "a=%25zz%254"),
+        ] {
+            assert_eq!(canonical_query(query), canonical, "query {query:?}");
+        }
+    }
+
+    #[test]
+    fn header_values_are_trimmed_and_runs_of_spaces_collapsed() {
+        assert_eq!(canonical_value(b"  value1 "), b"value1");
+        assert_eq!(canonical_value(b"\"a   b   c\""), b"\"a b c\"");
+        assert_eq!(canonical_value(b"VALUE1"), b"VALUE1");
+        assert_eq!(canonical_value(b"a\xffb"), b"a\xffb");
     }
 }
