@@ -1,9 +1,9 @@
-//! Who is asking, from where, under which request id: carried from the front end into every audited
-//! operation.
+//! Who is asking, from where, under which request id: carried from the front end into every operation,
+//! where core decides what the caller may do and writes it into the audit record.
 
 use custos_audit::{Actor, AuditEntry};
 
-use crate::Principal;
+use crate::{CoreError, Operation, Principal};
 
 /// The context of one request.
 #[derive(Debug, Clone, Default)]
@@ -16,14 +16,30 @@ pub struct RequestContext {
     pub cert_fingerprint: Option<String>,
     /// The peer address.
     pub source: Option<String>,
+    /// Custos acting on its own behalf (start-up, the scheduler, offline recovery): allowed everything.
+    /// Only code in this process can set it; no request can.
+    pub system: bool,
 }
 
 impl RequestContext {
-    /// The context of Custos acting on its own (start-up, initialisation).
+    /// The context of Custos acting on its own (start-up, the scheduler, initialisation).
     pub fn system(request_id: &str) -> RequestContext {
         RequestContext {
             request_id: request_id.to_owned(),
+            system: true,
             ..RequestContext::default()
+        }
+    }
+
+    /// Allows `op` for this caller, or says why not: [`CoreError::Unauthenticated`] without a token,
+    /// [`CoreError::Forbidden`] without the scope.
+    pub fn authorize(&self, op: Operation<'_>) -> Result<(), CoreError> {
+        if self.system {
+            return Ok(());
+        }
+        match &self.principal {
+            Some(principal) => principal.authorize(op),
+            None => Err(CoreError::Unauthenticated),
         }
     }
 

@@ -7,7 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so that tests can pause and advance time instead of sleeping.
+use tokio::time::Instant;
 
 use custos_types::ProviderName;
 use serde::{Deserialize, Serialize};

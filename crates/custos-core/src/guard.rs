@@ -1,17 +1,180 @@
-//! The equivocation guard's durable side: watermark writes grouped into shared transactions.
+//! The equivocation guard: at most one payload per sequence, never below the watermark, never too far
+//! above it, and the watermark durably advanced before the signature is released.
 //!
 //! Guarded signing for one key is serialised (check, sign, record the new watermark in memory), but the
-//! durable write is queued here and awaited after the key's lock is released. The writer drains every
-//! queued mark into one transaction, so concurrent guarded requests share one fsync, and a signature is
-//! still released only after the transaction holding its watermark has committed.
+//! durable write is queued to the watermark writer and awaited after the key's lock is released. The
+//! writer drains every queued mark into one transaction, so concurrent guarded requests share one fsync,
+//! and a signature is still released only after the transaction holding its watermark has committed.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 
-use custos_store::{Store, Watermark};
-use custos_types::KeyName;
+use custos_store::Store;
+use custos_types::{ErrorCode, KeyName, KeyRecord, SignPayload, SignatureFormat, Watermark};
+use sha2::Digest as _;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::CoreError;
+use crate::{CoreError, SignOutcome, EMERGENCY_PROVIDER, MAX_SEQUENCE};
+
+/// One key's guard: its watermark as last read or written (`None`: not loaded yet), behind the lock that
+/// serialises the key's guarded signing.
+type KeyGuard = Arc<tokio::sync::Mutex<Option<Option<Watermark>>>>;
+
+/// The guard of every key.
+#[derive(Debug)]
+pub(crate) struct Guard {
+    store: Arc<dyn Store>,
+    writer: WatermarkWriter,
+    keys: std::sync::Mutex<HashMap<KeyName, KeyGuard>>,
+}
+
+impl Guard {
+    pub(crate) fn start(store: Arc<dyn Store>) -> Guard {
+        Guard {
+            writer: WatermarkWriter::start(Arc::clone(&store)),
+            store,
+            keys: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Signs `payload` with `sign` unless that would equivocate: a sequence below the watermark, another
+    /// payload at it, or more than `max_jump` above it is refused; the same payload at the watermark gets
+    /// the signature released for it back.
+    pub(crate) async fn sign<F, Fut>(
+        &self,
+        key: &KeyRecord,
+        payload: &SignPayload,
+        sequence: u64,
+        max_jump: u64,
+        sign: F,
+    ) -> Result<SignOutcome, CoreError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<SignOutcome, CoreError>>,
+    {
+        if sequence > MAX_SEQUENCE {
+            return Err(CoreError::bad(
+                ErrorCode::InvalidSequence,
+                format!("sequence {sequence} is above the largest allowed, {MAX_SEQUENCE}"),
+            ));
+        }
+        let lock = {
+            let mut keys = self
+                .keys
+                .lock()
+                .map_err(|_| CoreError::Internal("guard lock poisoned".into()))?;
+            Arc::clone(keys.entry(key.name.clone()).or_default())
+        };
+        let payload_hash: [u8; 32] = sha2::Sha256::digest(payload.as_bytes()).into();
+        let equivocation = |signed: u64| CoreError::Equivocation {
+            key: key.name.clone(),
+            sequence,
+            signed,
+        };
+        let (outcome, durable) = {
+            let mut held = lock.lock().await;
+            if held.is_none() {
+                *held = Some(self.store.watermark(&key.name).await?);
+            }
+            if let Some(Some(mark)) = held.as_ref() {
+                if sequence < mark.sequence
+                    || (sequence == mark.sequence && mark.payload_hash != payload_hash)
+                {
+                    return Err(equivocation(mark.sequence));
+                }
+                if sequence == mark.sequence {
+                    drop(held);
+                    return self.replay(key, sequence, payload_hash, payload).await;
+                }
+                if sequence - mark.sequence > max_jump {
+                    return Err(CoreError::bad(
+                        ErrorCode::SequenceTooFar,
+                        format!(
+                            "sequence {sequence} is {} above the last signed ({}); one request may go at \
+                             most {max_jump} ahead",
+                            sequence - mark.sequence,
+                            mark.sequence
+                        ),
+                    ));
+                }
+            }
+            let outcome = sign().await?;
+            let mark = Watermark {
+                sequence,
+                payload_hash,
+                version: outcome.version,
+                provider: outcome.provider.clone(),
+                signature: outcome.signature.raw().to_vec(),
+            };
+            let durable = self.writer.advance(key.name.clone(), mark.clone()).await?;
+            *held = Some(Some(mark));
+            (outcome, durable)
+        };
+        let written = durable
+            .await
+            .unwrap_or_else(|_| Err("the watermark writer stopped".into()));
+        match written {
+            Ok(true) => Ok(outcome),
+            failed => {
+                // What is in memory may be ahead of the store: read it again next time.
+                *lock.lock().await = None;
+                match failed {
+                    Ok(_) => Err(equivocation(sequence)),
+                    Err(e) => Err(CoreError::Unavailable(format!(
+                        "cannot record the signed sequence: {e}"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// The same payload at the signed sequence: once the watermark is durable, the stored signature,
+    /// checked again before it is returned.
+    async fn replay(
+        &self,
+        key: &KeyRecord,
+        sequence: u64,
+        payload_hash: [u8; 32],
+        payload: &SignPayload,
+    ) -> Result<SignOutcome, CoreError> {
+        self.writer.flush().await?;
+        let mark =
+            self.store.watermark(&key.name).await?.ok_or_else(|| {
+                CoreError::Unavailable("the signed sequence was not recorded".into())
+            })?;
+        if mark.sequence != sequence || mark.payload_hash != payload_hash {
+            return Err(CoreError::Equivocation {
+                key: key.name.clone(),
+                sequence,
+                signed: mark.sequence,
+            });
+        }
+        if mark.provider.as_str() == EMERGENCY_PROVIDER {
+            return crate::emergency::verify_replay(
+                self.store.as_ref(),
+                &key.name,
+                key.algorithm,
+                mark.version,
+                payload,
+                &mark.signature,
+            )
+            .await;
+        }
+        let version = key
+            .version(mark.version)
+            .ok_or_else(|| CoreError::Internal("watermark names a missing version".into()))?;
+        let signature = version
+            .public_key
+            .verify(payload, &mark.signature, SignatureFormat::Raw)?;
+        Ok(SignOutcome {
+            version: mark.version,
+            provider: mark.provider,
+            signature,
+            emergency: None,
+        })
+    }
+}
 
 /// The most marks one transaction carries.
 const BATCH: usize = 512;

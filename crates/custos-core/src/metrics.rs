@@ -1,4 +1,8 @@
 //! Prometheus metrics: what Custos counts and measures, rendered in the text exposition format.
+#![expect(
+    clippy::expect_used,
+    reason = "every metric has a fixed, unique, valid name, so creating and registering one cannot fail"
+)]
 
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -45,13 +49,15 @@ pub struct Metrics {
     pub auth_failures: IntCounter,
     /// Requests refused by a rate limit, by token.
     pub rate_limited: IntCounter,
+    /// Rotation scheduler passes that failed (an error or a panic).
+    pub scheduler_failures: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let metric = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    let metric = IntCounter::new(name, help).expect("metric names are fixed and unique");
     registry
         .register(Box::new(metric.clone()))
-        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+        .expect("metric names are fixed and unique");
     metric
 }
 
@@ -59,18 +65,18 @@ impl Metrics {
     /// Creates and registers every metric. Names are fixed and unique, so registration cannot fail.
     pub fn new() -> Metrics {
         let registry = Registry::new_custom(Some("custos".into()), None)
-            .unwrap_or_else(|e| unreachable!("{e}"));
+            .expect("metric names are fixed and unique");
         let reg = |c: Box<dyn prometheus::core::Collector>| {
-            registry.register(c).unwrap_or_else(|e| unreachable!("{e}"))
+            registry.register(c).expect("metric names are fixed and unique")
         };
         let requests = IntCounterVec::new(
             Opts::new("http_requests_total", "HTTP requests by route and status"),
             &["route", "status"],
         )
-        .unwrap_or_else(|e| unreachable!("{e}"));
+        .expect("metric names are fixed and unique");
         reg(Box::new(requests.clone()));
         let in_flight = IntGauge::new("http_requests_in_flight", "HTTP requests being served")
-            .unwrap_or_else(|e| unreachable!("{e}"));
+            .expect("metric names are fixed and unique");
         reg(Box::new(in_flight.clone()));
         let buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -83,13 +89,13 @@ impl Metrics {
             .buckets(buckets.clone()),
             &["provider", "algorithm"],
         )
-        .unwrap_or_else(|e| unreachable!("{e}"));
+        .expect("metric names are fixed and unique");
         reg(Box::new(sign_seconds.clone()));
         let provider_up = IntGaugeVec::new(
             Opts::new("provider_up", "Provider health (1 up, 0 down)"),
             &["provider", "kind"],
         )
-        .unwrap_or_else(|e| unreachable!("{e}"));
+        .expect("metric names are fixed and unique");
         reg(Box::new(provider_up.clone()));
         let circuit_state = IntGaugeVec::new(
             Opts::new(
@@ -98,7 +104,7 @@ impl Metrics {
             ),
             &["provider"],
         )
-        .unwrap_or_else(|e| unreachable!("{e}"));
+        .expect("metric names are fixed and unique");
         reg(Box::new(circuit_state.clone()));
         let audit_write_seconds = Histogram::with_opts(
             HistogramOpts::new(
@@ -107,16 +113,21 @@ impl Metrics {
             )
             .buckets(buckets),
         )
-        .unwrap_or_else(|e| unreachable!("{e}"));
+        .expect("metric names are fixed and unique");
         reg(Box::new(audit_write_seconds.clone()));
         let audit_up = IntGauge::new(
             "audit_up",
             "1 while the audit log can be written; 0 means Custos refuses to sign",
         )
-        .unwrap_or_else(|e| unreachable!("{e}"));
+        .expect("metric names are fixed and unique");
         reg(Box::new(audit_up.clone()));
         audit_up.set(1);
         Metrics {
+            scheduler_failures: counter(
+                &registry,
+                "scheduler_failures_total",
+                "Rotation scheduler passes that failed (an error or a panic); the next pass runs as usual",
+            ),
             failovers: counter(
                 &registry,
                 "failovers_total",

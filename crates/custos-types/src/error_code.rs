@@ -79,6 +79,12 @@ error_codes! {
     InvalidPayload = "invalid_payload", 400, "the provider refused the bytes to sign as malformed";
     /// A sequence outside the guard's range.
     InvalidSequence = "invalid_sequence", 400, "the sequence is outside 0 ..= 9223372036854775807";
+    /// The import token is not the one handed out for this key.
+    InvalidImportToken = "invalid_import_token", 400, "the import token is not the one handed out for this key, or it was used up by a failed import";
+    /// The import token has expired.
+    ImportTokenExpired = "import_token_expired", 400, "the import token has expired; ask for new import parameters";
+    /// The imported material is not a key of the expected algorithm.
+    IncorrectKeyMaterial = "incorrect_key_material", 400, "the key material does not unwrap to a private key of the key's algorithm; the import token is used up";
     /// An unknown token scope.
     InvalidScope = "invalid_scope", 400, "a token scope is not recognised";
     /// No provider key matches the adopt reference.
@@ -95,6 +101,8 @@ error_codes! {
     ClientCertificateRequired = "client_certificate_required", 403, "the operation needs a client certificate on the allowlist (mutual TLS)";
     /// A policy refused the request.
     PolicyDenied = "policy_denied", 403, "a signing policy refused the request (the message names the policy and why)";
+    /// A policy holds the request for approvals.
+    ApprovalRequired = "approval_required", 403, "a signing policy requires approvals before this request is signed (the message lists what is still required)";
     /// No such key.
     KeyNotFound = "key_not_found", 404, "no key of that name";
     /// No such version.

@@ -1,25 +1,22 @@
-//! Rotation policies, their schedule in the operator's time zone, encrypted backups before rotation, and
-//! the persisted rotation job that a crash at any step resumes from.
+//! Rotation policies and their schedule in the operator's time zone.
 //!
 //! A policy says: every `interval_days` days at `rotation_time` in `time_zone` (IANA names), make a new
 //! version current; keep the previous version able to sign (when asked for by version) for `overlap_days`,
 //! then make it verify-only (`disabled`). With `backup_enabled`, the current version's private key, where a
 //! provider lets it leave, is first written as an age file encrypted to `backup_recipient` (an X25519
 //! `age1…` public key) into the directory `backup_location`.
-//!
-//! The job record (`rotation_job:<key>` in the store) names the target version and the step reached:
-//! `backup` → `generate` → done. Committing the new version is one store transaction that also demotes
-//! the old one, and the target number must be one above the highest, so resuming never makes two current
-//! versions nor skips one.
+//! Every numeric field has a documented range, checked before anything is stored: `interval_days`
+//! 1 ..= 3650, `overlap_days` 0 ..= `interval_days` - 1.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use custos_types::{KeyName, KeyVersion, PrivateKey, Timestamp};
+use custos_types::{ErrorCode, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::CoreError;
+
+/// The longest rotation interval: ten years.
+pub const MAX_INTERVAL_DAYS: u32 = 3650;
 
 /// A key's rotation settings. The fields also take the seed's camelCase names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,9 +63,12 @@ fn utc() -> String {
 impl RotationPolicy {
     /// Checks every field; the error says which one is wrong and how.
     pub fn validate(&self) -> Result<(), CoreError> {
-        let bad = |m: String| CoreError::bad("invalid_rotation_policy", m);
-        if self.interval_days == 0 {
-            return Err(bad("interval_days must be at least 1".into()));
+        let bad = |m: String| CoreError::bad(ErrorCode::InvalidRotationPolicy, m);
+        if !(1..=MAX_INTERVAL_DAYS).contains(&self.interval_days) {
+            return Err(bad(format!(
+                "interval_days must be between 1 and {MAX_INTERVAL_DAYS}, not {}",
+                self.interval_days
+            )));
         }
         if self.overlap_days >= self.interval_days {
             return Err(bad(format!(
@@ -98,7 +98,7 @@ impl RotationPolicy {
     fn time(&self) -> Result<jiff::civil::Time, CoreError> {
         self.rotation_time.parse().map_err(|_| {
             CoreError::bad(
-                "invalid_rotation_policy",
+                ErrorCode::InvalidRotationPolicy,
                 format!("rotation_time {:?} is not HH:MM:SS", self.rotation_time),
             )
         })
@@ -107,7 +107,7 @@ impl RotationPolicy {
     fn zone(&self) -> Result<jiff::tz::TimeZone, CoreError> {
         jiff::tz::TimeZone::get(&self.time_zone).map_err(|_| {
             CoreError::bad(
-                "invalid_rotation_policy",
+                ErrorCode::InvalidRotationPolicy,
                 format!(
                     "time_zone {:?} is not an IANA time zone name (like Europe/Berlin)",
                     self.time_zone
@@ -116,11 +116,11 @@ impl RotationPolicy {
         })
     }
 
-    fn recipient(&self) -> Result<age::x25519::Recipient, CoreError> {
+    pub(crate) fn recipient(&self) -> Result<age::x25519::Recipient, CoreError> {
         let text = self.backup_recipient.as_deref().unwrap_or_default();
         text.parse().map_err(|_| {
             CoreError::bad(
-                "invalid_rotation_policy",
+                ErrorCode::InvalidRotationPolicy,
                 format!("backup_recipient {text:?} is not an age X25519 recipient (age1…)"),
             )
         })
@@ -133,12 +133,16 @@ impl RotationPolicy {
         let date = made
             .to_zoned(zone.clone())
             .date()
-            .checked_add(jiff::Span::new().days(i64::from(self.interval_days)))
-            .map_err(|e| CoreError::bad("invalid_rotation_policy", e.to_string()))?;
+            .checked_add(
+                jiff::Span::new()
+                    .try_days(i64::from(self.interval_days))
+                    .map_err(|e| CoreError::bad(ErrorCode::InvalidRotationPolicy, e.to_string()))?,
+            )
+            .map_err(|e| CoreError::bad(ErrorCode::InvalidRotationPolicy, e.to_string()))?;
         Ok(date
             .to_datetime(self.time()?)
             .to_zoned(zone)
-            .map_err(|e| CoreError::bad("invalid_rotation_policy", e.to_string()))?
+            .map_err(|e| CoreError::bad(ErrorCode::InvalidRotationPolicy, e.to_string()))?
             .timestamp())
     }
 
@@ -150,87 +154,6 @@ impl RotationPolicy {
             ))
             .unwrap_or(replaced)
     }
-}
-
-/// The persisted progress of one key's rotation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct RotationJob {
-    /// The version being made.
-    pub target: KeyVersion,
-    /// `backup` (nothing done yet) or `generate` (backup done or skipped).
-    pub step: Step,
-    /// Where the backup went, or why there is none.
-    pub backup: Option<String>,
-    /// When the rotation began.
-    pub started_at: Timestamp,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum Step {
-    Backup,
-    Generate,
-}
-
-pub(crate) fn policy_setting(key: &KeyName) -> String {
-    format!("rotation_policy:{key}")
-}
-
-pub(crate) const JOB_PREFIX: &str = "rotation_job:";
-
-pub(crate) fn job_setting(key: &KeyName) -> String {
-    format!("{JOB_PREFIX}{key}")
-}
-
-/// A test hook in debug builds only: with `CUSTOS_PAUSE_AT=<step>`, the process prints
-/// `custos: paused at <step>` to standard error and stops there, so a test can kill -9 it at exactly that
-/// step. Release builds compile it to nothing.
-pub(crate) async fn pause_point(step: &str) {
-    #[cfg(debug_assertions)]
-    if std::env::var("CUSTOS_PAUSE_AT").is_ok_and(|v| v == step) {
-        eprintln!("custos: paused at {step}");
-        std::future::pending::<()>().await;
-    }
-    let _ = step;
-}
-
-/// Writes `key` as a PKCS#8 PEM document encrypted to the policy's age recipient into the backup
-/// directory (file mode 0600, written to a temporary name, synced, then renamed), and returns the path.
-pub(crate) fn write_backup(
-    policy: &RotationPolicy,
-    name: &KeyName,
-    version: KeyVersion,
-    key: &PrivateKey,
-) -> Result<PathBuf, CoreError> {
-    let recipient = policy.recipient()?;
-    let dir = policy
-        .backup_location
-        .as_deref()
-        .ok_or_else(|| CoreError::bad("invalid_rotation_policy", "no backup_location"))?;
-    let pem = key.to_pkcs8_pem()?;
-    let encrypted = age::encrypt(&recipient, pem.as_bytes())
-        .map_err(|e| CoreError::Internal(format!("age encryption failed: {e}")))?;
-    let stamp = Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
-    let path = dir.join(format!("{name}-v{version}-{stamp}.age"));
-    write_synced(dir, &path, &encrypted).map_err(|e| {
-        CoreError::Unavailable(format!("cannot write the backup {}: {e}", path.display()))
-    })?;
-    Ok(path)
-}
-
-fn write_synced(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let partial = path.with_extension("age.partial");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&partial)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&partial, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -270,11 +193,21 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_interval_has_a_due_date() {
+        let made: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let p = policy("UTC", "00:00:00", MAX_INTERVAL_DAYS);
+        p.validate().unwrap();
+        assert!(p.due_after(made).unwrap() > made);
+    }
+
+    #[test]
     fn bad_policies_say_what_is_wrong() {
         for (p, needle) in [
             (policy("Mars/Olympus", "00:00:00", 30), "time_zone"),
             (policy("UTC", "25:00:00", 30), "rotation_time"),
             (policy("UTC", "00:00:00", 0), "interval_days"),
+            (policy("UTC", "00:00:00", 4_294_967_295), "interval_days"),
+            (policy("UTC", "00:00:00", MAX_INTERVAL_DAYS + 1), "interval_days"),
             (
                 RotationPolicy {
                     overlap_days: 30,
@@ -301,7 +234,7 @@ mod tests {
             ),
         ] {
             let err = p.validate().unwrap_err();
-            assert_eq!(err.code(), "invalid_rotation_policy");
+            assert_eq!(err.code(), ErrorCode::InvalidRotationPolicy);
             assert!(err.to_string().contains(needle), "{err}");
         }
     }
