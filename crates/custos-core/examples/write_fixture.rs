@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use custos_core::{
-    AuditConfig, AuditLog, KeyManager, Limits, Metrics, RequestContext, SignInput, SignRequest,
+    AuditConfig, AuditLog, KeyManager, Metrics, Settings, RequestContext, SignInput, SignRequest,
 };
 use custos_provider::KeyProvider;
 use custos_provider_soft::{KdfParams, SoftProvider};
@@ -48,13 +48,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Arc::clone(&metrics),
     )
     .await?;
-    let keys = KeyManager::load(
+    let keys = KeyManager::open(
         Arc::clone(&store),
         vec![soft],
         ProviderName::new("soft")?,
-        Limits::default(),
         Arc::clone(&audit),
         metrics,
+        Settings::default(),
     )
     .await?;
     let ctx = RequestContext::system("fixture");
@@ -76,7 +76,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             sequence: None,
         };
         let signed = keys.sign(&ctx, &name, &request).await?;
-        let key = keys.key(&name)?;
+        let key = keys.key(&RequestContext::system("fixture"), &name).await?;
         manifest.insert(
             name.to_string(),
             serde_json::json!({

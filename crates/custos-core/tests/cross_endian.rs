@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use custos_core::{
-    AuditConfig, AuditLog, KeyManager, Limits, Metrics, RequestContext, SignInput, SignRequest,
+    AuditConfig, AuditLog, KeyManager, Metrics, Settings, RequestContext, SignInput, SignRequest,
 };
 use custos_provider::{KeyProvider, ProviderError};
 use custos_provider_soft::{KdfParams, SoftProvider};
@@ -70,13 +70,13 @@ async fn opens(fixture: &str) {
         hex::encode(audit.public_key().as_bytes()),
         manifest["audit_public_key"].as_str().unwrap()
     );
-    let keys = KeyManager::load(
+    let keys = KeyManager::open(
         store,
         vec![soft],
         ProviderName::new("soft").unwrap(),
-        Limits::default(),
         Arc::clone(&audit),
         metrics,
+        Settings::default(),
     )
     .await
     .unwrap();
@@ -84,7 +84,7 @@ async fn opens(fixture: &str) {
     for algorithm in Algorithm::ALL {
         let name = KeyName::new(format!("fixture-{algorithm}")).unwrap();
         let expected = &manifest[name.as_str()];
-        let key = keys.key(&name).unwrap();
+        let key = keys.key(&RequestContext::system("test"), &name).await.unwrap();
         assert_eq!(key.versions.len(), 2);
         assert_eq!(
             hex::encode(key.versions[0].public_key.as_bytes()),

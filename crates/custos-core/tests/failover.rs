@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use custos_core::{
-    AuditConfig, AuditLog, EmergencyConfig, FailoverConfig, KeyManager, Limits, Metrics,
-    RequestContext, SignInput, SignRequest,
+    AuditConfig, AuditLog, EmergencyConfig, FailoverConfig, KeyManager, ManualClock, Metrics,
+    RequestContext, Settings, SignInput, SignRequest,
 };
 use custos_provider::fault::{Fault, FaultyProvider};
 use custos_provider::KeyProvider;
@@ -17,6 +17,7 @@ use custos_types::{Algorithm, KeyName, ProviderName, SignPayload, SignatureForma
 
 struct Rig {
     km: Arc<KeyManager>,
+    clock: Arc<ManualClock>,
     primary: Arc<FaultyProvider>,
     secondary: Arc<FaultyProvider>,
 }
@@ -70,19 +71,25 @@ async fn rig(dir: &std::path::Path, failover: FailoverConfig) -> Rig {
     .await
     .unwrap();
     let providers: Vec<Arc<dyn KeyProvider>> = vec![primary.clone(), secondary.clone()];
-    let km = KeyManager::load(
+    let clock = Arc::new(ManualClock::new(jiff::Timestamp::now()));
+    let km = KeyManager::open(
         store,
         providers,
         name("primary"),
-        Limits::default(),
         audit,
         metrics,
+        Settings {
+            failover,
+            emergency_provider: Some(Arc::new(MemoryProvider::new(name("emergency")))),
+            clock: clock.clone(),
+            ..Settings::default()
+        },
     )
     .await
-    .unwrap()
-    .with_failover(failover, Arc::new(MemoryProvider::new(name("emergency"))));
+    .unwrap();
     Rig {
         km: Arc::new(km),
+        clock,
         primary,
         secondary,
     }
@@ -97,12 +104,7 @@ fn key() -> KeyName {
 }
 
 fn message(m: &[u8]) -> SignRequest {
-    SignRequest {
-        input: SignInput::Message(m.to_vec()),
-        hash: None,
-        version: None,
-        sequence: None,
-    }
+    SignRequest::new(SignInput::Message(m.to_vec()))
 }
 
 fn at(sequence: u64, m: &[u8]) -> SignRequest {
@@ -188,7 +190,7 @@ async fn primary_down_secondary_signs_within_the_budget_then_fails_back() {
     // Both switches are in the audit log.
     let switches = km
         .audit()
-        .query(&custos_store::AuditQuery {
+        .query(&custos_audit::AuditQuery {
             operation: Some("provider_switch".into()),
             limit: 10,
             ..Default::default()
@@ -248,7 +250,8 @@ async fn every_provider_down_means_emergency_mode_with_its_restrictions_across_r
     chain_key(&rig).await;
     let own = rig
         .km
-        .key(&key())
+        .key(&ctx(), &key())
+        .await
         .unwrap()
         .current()
         .unwrap()
@@ -326,7 +329,7 @@ async fn the_emergency_window_closes_after_max_time_seconds() {
     rig.primary.set(Fault::Unavailable);
     rig.secondary.set(Fault::Unavailable);
     rig.km.sign(&ctx(), &key(), &message(b"1")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    rig.clock.advance(jiff::SignedDuration::from_secs(2));
     let err = rig
         .km
         .sign(&ctx(), &key(), &message(b"2"))

@@ -1,90 +1,18 @@
-//! The rotation scheduler: due keys rotate once, the store lease lets one manager of several do it, the
-//! overlap ends in verify-only, and rotations reach a real webhook receiver, signed.
+//! The rotation scheduler, on a manual clock: due keys rotate once, the store lease lets one manager of
+//! several do it, the overlap ends in verify-only, an unwritable backup leaves the rotation recorded and
+//! the next pass finishes it, deletions that come due destroy the key, and bad policies are refused
+//! before anything is stored.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use custos_core::{
-    AuditConfig, AuditLog, Events, KeyManager, Limits, Metrics, RequestContext, RotationPolicy,
-    SignInput, SignRequest, VerifyRequest, Webhook,
-};
-use custos_provider::KeyProvider;
-use custos_provider_soft::{KdfParams, SoftProvider};
-use custos_store::{KeyRecord, Location, SqliteStore, Store, VersionRecord};
-use custos_types::{
-    Algorithm, KeyName, KeyVersion, ProviderName, SignatureFormat, Timestamp, VersionState,
-};
-use secrecy::SecretString;
+use common::{message, name, system, Harness};
+use custos_core::{KeyStateChange, RotationPolicy, SignInput, SignRequest, VerifyRequest};
+use custos_types::{Algorithm, KeyState, KeyVersion, SignatureFormat, VersionState};
 
-fn ctx() -> RequestContext {
-    RequestContext::system("test")
-}
-
-async fn manager(dir: &std::path::Path, events: Events) -> (Arc<KeyManager>, Arc<dyn Store>) {
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::create(dir).unwrap());
-    let soft: Arc<dyn KeyProvider> = Arc::new(
-        SoftProvider::open(
-            ProviderName::new("soft").unwrap(),
-            Arc::clone(&store),
-            &SecretString::from("pw".to_owned()),
-            KdfParams::default(),
-        )
-        .await
-        .unwrap(),
-    );
-    let metrics = Arc::new(Metrics::new());
-    let audit = AuditLog::open(
-        Arc::clone(&store),
-        Arc::clone(&soft),
-        AuditConfig::default(),
-        Arc::clone(&metrics),
-    )
-    .await
-    .unwrap();
-    let km = KeyManager::load(
-        Arc::clone(&store),
-        vec![soft],
-        ProviderName::new("soft").unwrap(),
-        Limits::default(),
-        audit,
-        metrics,
-    )
-    .await
-    .unwrap()
-    .with_events(events);
-    (Arc::new(km), store)
-}
-
-/// Puts a key whose only version was made `days` ago straight into the store, as if Custos had made it
-/// then (the private key is a real one, in the software keystore).
-async fn old_key(dir: &std::path::Path, name: &str, days: i64) {
-    let (km, store) = manager(dir, Events::none()).await;
-    let provider = km.provider(&ProviderName::new("soft").unwrap()).unwrap();
-    let made = provider.generate(Algorithm::Ed25519, name).await.unwrap();
-    let then = Timestamp::now()
-        .checked_sub(jiff::SignedDuration::from_hours(24 * days))
-        .unwrap();
-    store
-        .create_key(&KeyRecord {
-            name: KeyName::new(name).unwrap(),
-            algorithm: Algorithm::Ed25519,
-            providers: vec![ProviderName::new("soft").unwrap()],
-            created_at: then,
-            versions: vec![VersionRecord {
-                version: KeyVersion(1),
-                state: VersionState::Current,
-                public_key: made.public_key,
-                created_at: then,
-                locations: vec![Location {
-                    provider: ProviderName::new("soft").unwrap(),
-                    handle: made.handle,
-                }],
-            }],
-        })
-        .await
-        .unwrap();
-}
+const LEASE: Duration = Duration::from_secs(60);
 
 fn policy(interval_days: u32, overlap_days: u32) -> RotationPolicy {
     RotationPolicy {
@@ -98,8 +26,13 @@ fn policy(interval_days: u32, overlap_days: u32) -> RotationPolicy {
     }
 }
 
-fn states(km: &KeyManager, name: &str) -> Vec<VersionState> {
-    km.key(&KeyName::new(name).unwrap())
+fn days(n: i64) -> jiff::SignedDuration {
+    jiff::SignedDuration::from_hours(24 * n)
+}
+
+async fn states(h: &Harness, key: &str) -> Vec<VersionState> {
+    h.km.key(&system(), &name(key))
+        .await
         .unwrap()
         .versions
         .iter()
@@ -107,130 +40,99 @@ fn states(km: &KeyManager, name: &str) -> Vec<VersionState> {
         .collect()
 }
 
-/// A webhook receiver on 127.0.0.1: every POST's signature header and body go to the channel.
-async fn receiver() -> (
-    String,
-    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
-) {
-    use axum::routing::post;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let app = axum::Router::new().route(
-        "/hook",
-        post(
-            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                let tx = tx.clone();
-                async move {
-                    let signature = headers
-                        .get("x-custos-signature")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = tx.send((signature, body.to_vec()));
-                    "ok"
-                }
-            },
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, rx)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn due_keys_rotate_once_under_the_lease_and_the_overlap_ends_in_verify_only() {
-    let dir = tempfile::tempdir().unwrap();
-    old_key(dir.path(), "old", 40).await;
-    old_key(dir.path(), "young", 3).await;
-    let (url, mut hooks) = receiver().await;
-    let secret = SecretString::from("hook secret".to_owned());
-    let events = Events::webhooks(vec![Webhook {
-        url,
-        events: vec!["key_rotated".into()],
-        secret: Some(secret.clone()),
-    }]);
-    let (a, _) = manager(dir.path(), events).await;
-    for name in ["old", "young"] {
-        a.set_rotation_policy(&ctx(), &KeyName::new(name).unwrap(), Some(policy(30, 1)))
+/// Two keys with a 30-day policy, one made 40 days before "now" and one 3 days before.
+async fn old_and_young(h: &Harness) {
+    h.km.create_key(&system(), name("old"), Algorithm::Ed25519, vec![])
+        .await
+        .unwrap();
+    h.clock.advance(days(37));
+    h.km.create_key(&system(), name("young"), Algorithm::Ed25519, vec![])
+        .await
+        .unwrap();
+    h.clock.advance(days(3));
+    for key in ["old", "young"] {
+        h.km.set_rotation_policy(&system(), &name(key), Some(policy(30, 1)))
             .await
             .unwrap();
     }
-    let next = a
-        .next_rotation(&KeyName::new("young").unwrap())
+}
+
+#[tokio::test]
+async fn only_due_keys_rotate_and_only_once() {
+    let h = Harness::new().await;
+    old_and_young(&h).await;
+    let next = h
+        .km
+        .next_rotation(&system(), &name("young"))
         .await
         .unwrap()
         .unwrap();
-    assert!(next > Timestamp::now(), "the young key is not due");
-
-    // Holder a takes the lease and rotates the due key only; holder b does nothing while a's lease
-    // holds. (Two processes on one SQLite file would also need one audit writer, which SQLite's
-    // single-process store does not give; the lease is what a shared store will rely on.)
-    let lease = Duration::from_secs(60);
-    let rotated = a.run_scheduled(&ctx(), "a", lease).await.unwrap();
-    assert_eq!(rotated, [KeyName::new("old").unwrap()]);
-    assert_eq!(
-        states(&a, "old"),
-        [VersionState::Enabled, VersionState::Current]
-    );
-    assert_eq!(states(&a, "young"), [VersionState::Current]);
+    assert!(next > custos_core::Clock::now(h.clock.as_ref()), "the young key is not due");
+    let rotated = h.km.run_scheduled(&system(), "a", LEASE).await.unwrap();
+    assert_eq!(rotated, [name("old")]);
+    assert_eq!(states(&h, "old").await, [VersionState::Enabled, VersionState::Current]);
+    assert_eq!(states(&h, "young").await, [VersionState::Current]);
     assert!(
-        a.run_scheduled(&ctx(), "a", lease)
-            .await
-            .unwrap()
-            .is_empty(),
+        h.km.run_scheduled(&system(), "a", LEASE).await.unwrap().is_empty(),
         "rotated once"
     );
-    old_key(dir.path(), "late", 40).await;
-    let (a, _) = manager(dir.path(), a.events().clone()).await;
-    a.set_rotation_policy(&ctx(), &KeyName::new("late").unwrap(), Some(policy(30, 1)))
+}
+
+#[tokio::test]
+async fn another_holder_does_nothing_while_the_lease_holds() {
+    let h = Harness::new().await;
+    old_and_young(&h).await;
+    h.km.run_scheduled(&system(), "a", LEASE).await.unwrap();
+    h.km.create_key(&system(), name("late"), Algorithm::Ed25519, vec![])
         .await
         .unwrap();
+    h.km.set_rotation_policy(&system(), &name("late"), Some(policy(1, 0)))
+        .await
+        .unwrap();
+    h.clock.advance(jiff::SignedDuration::from_hours(30));
+    // a holds the lease now (as another process's scheduler would).
+    let now = custos_core::Clock::now(h.clock.as_ref());
+    assert!(h
+        .store
+        .acquire_lease("rotation", "a", now, now + jiff::SignedDuration::from_secs(60))
+        .await
+        .unwrap());
     assert!(
-        a.run_scheduled(&ctx(), "b", lease)
-            .await
-            .unwrap()
-            .is_empty(),
+        h.km.run_scheduled(&system(), "b", LEASE).await.unwrap().is_empty(),
         "b has no lease"
     );
-    assert_eq!(states(&a, "late"), [VersionState::Current]);
-
-    // The rotation reached the webhook, signed with the shared secret.
-    let (signature, body) = tokio::time::timeout(Duration::from_secs(10), hooks.recv())
-        .await
-        .expect("a webhook call")
-        .unwrap();
-    assert_eq!(signature, custos_core::signature_header(&secret, &body));
-    let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(event["event"], "key_rotated");
-    assert_eq!(event["key"], "old");
-    assert_eq!(event["version"], 2);
-
-    // During the overlap, version 1 still signs by explicit version.
-    let old = KeyName::new("old").unwrap();
-    let by_v1 = SignRequest {
-        input: SignInput::Message(b"late block".to_vec()),
-        hash: None,
-        version: Some(KeyVersion(1)),
-        sequence: None,
-    };
-    let signed = a.sign(&ctx(), &old, &by_v1).await.unwrap();
-    assert_eq!(signed.version, KeyVersion(1));
-
-    // With no overlap, the next pass makes version 1 verify-only: it no longer signs, and what it
-    // signed still verifies.
-    a.set_rotation_policy(&ctx(), &old, Some(policy(30, 0)))
-        .await
-        .unwrap();
-    a.run_scheduled(&ctx(), "a", lease).await.unwrap();
+    assert_eq!(states(&h, "late").await, [VersionState::Current]);
+    h.clock.advance(jiff::SignedDuration::from_secs(61));
     assert_eq!(
-        states(&a, "old"),
-        [VersionState::Disabled, VersionState::Current]
+        h.km.run_scheduled(&system(), "b", LEASE).await.unwrap(),
+        [name("late")],
+        "b takes the lease once a's has run out"
     );
-    let refused = a.sign(&ctx(), &old, &by_v1).await.unwrap_err();
+}
+
+#[tokio::test]
+async fn the_overlap_ends_in_verify_only() {
+    let h = Harness::new().await;
+    old_and_young(&h).await;
+    h.km.run_scheduled(&system(), "a", LEASE).await.unwrap();
+    let old = name("old");
+    // During the overlap, version 1 still signs by explicit version.
+    let by_v1 = SignRequest {
+        version: Some(KeyVersion(1)),
+        ..message(b"late block")
+    };
+    let signed = h.km.sign(&system(), &old, &by_v1).await.unwrap();
+    assert_eq!(signed.version, KeyVersion(1));
+    // Once the overlap has passed, the next pass makes version 1 verify-only.
+    h.clock.advance(days(2));
+    h.km.run_scheduled(&system(), "a", LEASE).await.unwrap();
+    assert_eq!(states(&h, "old").await, [VersionState::Disabled, VersionState::Current]);
+    let refused = h.km.sign(&system(), &old, &by_v1).await.unwrap_err();
     assert_eq!(refused.code(), "version_not_usable");
-    let verified = a
+    let verified = h
+        .km
         .verify(
-            &ctx(),
+            &system(),
             &old,
             &VerifyRequest {
                 input: SignInput::Message(b"late block".to_vec()),
@@ -242,11 +144,15 @@ async fn due_keys_rotate_once_under_the_lease_and_the_overlap_ends_in_verify_onl
         )
         .await
         .unwrap();
-    assert_eq!(verified.version, Some(KeyVersion(1)));
     assert!(verified.valid);
+    assert_eq!(verified.version, Some(KeyVersion(1)));
+}
 
-    // A rotation whose backup cannot be written fails, stays recorded, and the next pass finishes it
-    // once the policy is fixed.
+#[tokio::test]
+async fn an_unwritable_backup_leaves_the_rotation_recorded_and_the_next_pass_finishes_it() {
+    let h = Harness::new().await;
+    old_and_young(&h).await;
+    let old = name("old");
     let unwritable = RotationPolicy {
         backup_enabled: true,
         backup_location: Some("/dev/null/backups".into()),
@@ -255,35 +161,69 @@ async fn due_keys_rotate_once_under_the_lease_and_the_overlap_ends_in_verify_onl
         ),
         ..policy(30, 0)
     };
-    a.set_rotation_policy(&ctx(), &old, Some(unwritable))
+    h.km.set_rotation_policy(&system(), &old, Some(unwritable))
         .await
         .unwrap();
-    let err = a.rotate(&ctx(), &old).await.unwrap_err();
+    let err = h.km.rotate(&system(), &old).await.unwrap_err();
     assert_eq!(err.code(), "provider_unavailable", "{err}");
-    assert_eq!(a.key(&old).unwrap().versions.len(), 2, "nothing half-made");
-    a.set_rotation_policy(&ctx(), &old, Some(policy(30, 0)))
+    assert_eq!(states(&h, "old").await.len(), 1, "nothing half-made");
+    h.km.set_rotation_policy(&system(), &old, Some(policy(30, 0)))
         .await
         .unwrap();
-    let rotated = a.run_scheduled(&ctx(), "a", lease).await.unwrap();
-    assert_eq!(
-        rotated,
-        std::slice::from_ref(&old),
-        "the unfinished rotation is finished"
-    );
-    // (With no overlap, the same pass also makes version 2 verify-only.)
-    assert_eq!(
-        states(&a, "old"),
-        [
-            VersionState::Disabled,
-            VersionState::Disabled,
-            VersionState::Current
-        ]
-    );
+    let rotated = h.km.run_scheduled(&system(), "a", LEASE).await.unwrap();
+    assert_eq!(rotated, std::slice::from_ref(&old), "the unfinished rotation is finished");
+}
 
-    // A policy the manager cannot follow is refused with a clear code.
-    let err = a
-        .set_rotation_policy(&ctx(), &old, Some(policy(0, 0)))
+#[tokio::test]
+async fn policies_out_of_range_are_refused_before_anything_is_stored() {
+    let h = Harness::new().await;
+    let k = name("k");
+    h.km.create_key(&system(), k.clone(), Algorithm::Ed25519, vec![])
+        .await
+        .unwrap();
+    for bad in [policy(0, 0), policy(4_294_967_295, 0), policy(3651, 0), policy(30, 30)] {
+        let err = h
+            .km
+            .set_rotation_policy(&system(), &k, Some(bad))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "invalid_rotation_policy");
+    }
+    assert_eq!(h.km.rotation_policy(&system(), &k).await.unwrap(), None);
+    // The scheduler keeps working for every key.
+    h.km.set_rotation_policy(&system(), &k, Some(policy(3650, 0)))
+        .await
+        .unwrap();
+    h.km.run_scheduled(&system(), "a", LEASE).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_deletion_that_comes_due_destroys_the_key() {
+    let h = Harness::new().await;
+    let k = name("gone");
+    h.km.create_key(&system(), k.clone(), Algorithm::Ed25519, vec![])
+        .await
+        .unwrap();
+    h.km.set_key_state(&system(), &k, KeyStateChange::ScheduleDeletion { days: 7 })
+        .await
+        .unwrap();
+    h.clock.advance(days(6));
+    h.km.run_scheduled(&system(), "a", LEASE).await.unwrap();
+    assert!(matches!(
+        h.km.key(&system(), &k).await.unwrap().state,
+        KeyState::PendingDeletion { .. }
+    ));
+    h.clock.advance(days(2));
+    h.km.run_scheduled(&system(), "a", LEASE).await.unwrap();
+    let key = h.km.key(&system(), &k).await.unwrap();
+    assert_eq!(key.state, KeyState::Destroyed);
+    assert!(key.versions.iter().all(|v| v.state == VersionState::Destroyed));
+    let err = h.km.sign(&system(), &k, &message(b"x")).await.unwrap_err();
+    assert_eq!(err.code(), "key_disabled");
+    let err = h
+        .km
+        .set_key_state(&system(), &k, KeyStateChange::Enable)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "invalid_rotation_policy");
+    assert_eq!(err.code(), "invalid_key_state");
 }
