@@ -1,7 +1,7 @@
 //! Custos HTTP API v1: the JSON request and response bodies, shared by the server and the CLI client.
 //!
 //! Bytes travel as standard base64 (with padding). Errors are `{"error": {"code", "message"}}`; the codes
-//! are stable and listed in [`codes`].
+//! are stable and listed in [`ErrorCode::ALL`].
 
 use serde::{Deserialize, Serialize};
 
@@ -23,125 +23,8 @@ pub mod b64 {
     }
 }
 
-/// The stable error codes the server can return, with their HTTP status.
-pub mod codes {
-    /// Every code, its status, and what it means.
-    pub const ALL: &[(&str, u16, &str)] = &[
-        (
-            "invalid_json",
-            400,
-            "the body is not valid JSON for this request",
-        ),
-        (
-            "invalid_request",
-            400,
-            "a field is missing, unknown, or of the wrong type",
-        ),
-        ("invalid_base64", 400, "a byte field is not standard base64"),
-        (
-            "invalid_name",
-            400,
-            "a key or token name breaks the naming rules",
-        ),
-        (
-            "unknown_algorithm",
-            400,
-            "the algorithm is not ed25519, secp256k1 or p256",
-        ),
-        ("unknown_hash", 400, "the hash is not sha256 or keccak256"),
-        (
-            "unknown_format",
-            400,
-            "the signature format is not raw or der",
-        ),
-        (
-            "unknown_provider",
-            400,
-            "no provider of that name is configured",
-        ),
-        (
-            "unsupported_algorithm",
-            400,
-            "the provider cannot hold keys of this algorithm",
-        ),
-        (
-            "invalid_rotation_policy",
-            400,
-            "a rotation policy field is invalid (the message names it)",
-        ),
-        (
-            "chain_cannot_share",
-            400,
-            "the providers of the chain cannot hold the same key (one must export, the others import)",
-        ),
-        ("empty_message", 400, "the message is empty"),
-        ("empty_batch", 400, "the batch has no items"),
-        ("invalid_digest", 400, "the digest is not 32 bytes"),
-        (
-            "invalid_signature",
-            400,
-            "the signature does not decode (length, DER)",
-        ),
-        ("invalid_scope", 400, "a token scope is not recognised"),
-        (
-            "adopt_not_found",
-            400,
-            "the provider has no key matching the adopt reference",
-        ),
-        (
-            "adopt_conflict",
-            400,
-            "that provider key already belongs to a Custos key",
-        ),
-        (
-            "not_supported",
-            400,
-            "the operation does not apply to this key's algorithm",
-        ),
-        (
-            "unauthenticated",
-            401,
-            "no token, or an unknown, expired or revoked one",
-        ),
-        (
-            "forbidden",
-            403,
-            "the token's scopes do not cover this operation",
-        ),
-        ("key_not_found", 404, "no key of that name"),
-        ("version_not_found", 404, "the key has no such version"),
-        ("not_found", 404, "no such route"),
-        (
-            "method_not_allowed",
-            405,
-            "the route does not take this method",
-        ),
-        ("key_exists", 409, "a key of that name exists"),
-        (
-            "version_not_usable",
-            409,
-            "the version's state does not allow the operation",
-        ),
-        ("body_too_large", 413, "the request body is over the limit"),
-        ("message_too_large", 413, "a message is over the limit"),
-        ("batch_too_large", 413, "a batch has too many items"),
-        (
-            "internal",
-            500,
-            "an internal error; details are in the server log",
-        ),
-        (
-            "provider_unavailable",
-            503,
-            "no provider could serve the request; retry later",
-        ),
-        (
-            "emergency_restricted",
-            503,
-            "every provider failed and emergency mode may not sign (off for the operation, or its limits reached)",
-        ),
-    ];
-}
+/// The stable error codes, each with its HTTP status and meaning: [`ErrorCode::ALL`].
+pub use custos_types::ErrorCode;
 
 /// The error body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,7 +36,7 @@ pub struct ErrorBody {
 /// A stable code and a human-readable message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
-    /// The stable code (see [`codes::ALL`]).
+    /// The stable code (see [`ErrorCode::ALL`]).
     pub code: String,
     /// What went wrong and, where it helps, what to do.
     pub message: String,
@@ -189,12 +72,36 @@ pub struct KeyView {
     pub algorithm: String,
     /// The current version.
     pub current_version: u32,
+    /// `standard`, or `bip32` for a BIP32 master.
+    pub kind: String,
+    /// `enabled`, `disabled`, `pending_deletion` or `destroyed`: only an enabled key signs or verifies.
+    pub state: String,
+    /// When a key pending deletion is destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_date: Option<Timestamp>,
+    /// A free-text description.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
     /// The provider chain, primary first.
     pub providers: Vec<String>,
     /// When the key was created.
     pub created_at: Timestamp,
     /// Every version, oldest first.
     pub versions: Vec<VersionView>,
+}
+
+/// `POST /v1/keys/{name}/schedule-deletion`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleDeletionRequest {
+    /// Days until the key is destroyed, 7 to 30 (default 30). Until then it neither signs nor verifies,
+    /// and the deletion can be cancelled.
+    #[serde(default = "thirty")]
+    pub pending_window_days: u32,
+}
+
+fn thirty() -> u32 {
+    30
 }
 
 /// One version of a key.
@@ -363,6 +270,8 @@ pub struct HealthResponse {
     pub store: String,
     /// `ok`, or `unavailable` while the audit log cannot be written (Custos then refuses to sign).
     pub audit: String,
+    /// `ok`, `failing` when the rotation scheduler's last pass failed, or `off`.
+    pub scheduler: String,
     /// Each provider's state.
     pub providers: Vec<ProviderHealthView>,
 }

@@ -1,4 +1,5 @@
-//! One function per route: authenticate, authorise (refusals audited), parse, call core, answer.
+//! One function per route: authenticate, parse, call core (which authorises, decides and audits),
+//! answer.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -7,22 +8,35 @@ use axum::Json;
 use custos_api::{
     b64, AuditKeyResponse, AuditPage, AuditQueryParams, AuditVerifyResponse, BatchItemResult,
     CreateKeyRequest, CreateTokenRequest, CreateTokenResponse, HealthResponse, KeyList, KeyView,
-    ProviderHealthView, SignBatchRequest, SignBatchResponse, SignRequestBody, TokenList, TokenView,
-    VerifyRequestBody, VerifyResponse,
+    ProviderHealthView, ScheduleDeletionRequest, SignBatchRequest, SignBatchResponse,
+    SignRequestBody, TokenList, TokenView, VerifyRequestBody, VerifyResponse,
 };
-use custos_core::{CoreError, Operation, Scope};
-use custos_store::{AuditQuery, TokenRecord};
-use custos_types::{Algorithm, ProviderName, Timestamp};
+use custos_audit::AuditQuery;
+use custos_core::{CoreError, KeyStateChange, Operation};
+use custos_http::{parse, ApiError, AppState, Auth, Body, KeyPath};
+use custos_types::{Algorithm, ErrorCode, KeyName, ProviderName, Timestamp, TokenRecord};
 use secrecy::ExposeSecret as _;
 
-use crate::extract::{allow, parse, Auth, Body, KeyPath};
-use crate::{views, ApiError, AppState, OPENAPI_JSON};
+use crate::{views, OPENAPI_JSON};
 
 type Result<T> = std::result::Result<T, ApiError>;
+
+/// Asks core whether the caller may do `op` before its body is even parsed, so a caller without the
+/// scope learns nothing from how its body is judged. Core decides again when it runs the operation;
+/// a refusal here is recorded under `operation`.
+async fn before_body(
+    state: &AppState,
+    ctx: &custos_core::RequestContext,
+    op: Operation<'_>,
+    operation: &str,
+) -> Result<()> {
+    Ok(state.keys.authorize(ctx, op, operation).await?)
+}
 
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let store_ok = state.keys.store_ready().await.is_ok();
     let audit_ok = state.keys.audit().is_healthy();
+    let scheduler_ok = state.keys.scheduler_health().is_healthy();
     let metrics = state.keys.metrics();
     let providers: Vec<_> = state
         .keys
@@ -42,7 +56,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
             }
         })
         .collect();
-    let ready = store_ok && audit_ok && providers.iter().all(|p| p.available);
+    let ready = store_ok && audit_ok && scheduler_ok && providers.iter().all(|p| p.available);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -55,6 +69,7 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
             status: word(ready),
             store: word(store_ok),
             audit: word(audit_ok),
+            scheduler: if scheduler_ok { "ok" } else { "failing" }.to_owned(),
             providers,
         }),
     )
@@ -64,7 +79,10 @@ pub async fn providers(
     State(state): State<AppState>,
     Auth(ctx): Auth,
 ) -> Result<Json<custos_api::ProviderList>> {
-    allow(&state, &ctx, Operation::ReadKeys).await?;
+    state
+        .keys
+        .authorize(&ctx, Operation::ReadKeys, "provider_list")
+        .await?;
     let providers = state
         .keys
         .provider_health()
@@ -110,20 +128,13 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-pub async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such route; see /v1/openapi.json",
-    )
-}
-
-pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this route does not take that method; see /v1/openapi.json",
-    )
+fn provider_name(name: String) -> Result<ProviderName> {
+    ProviderName::new(name).map_err(|e| {
+        ApiError::new(
+            ErrorCode::UnknownProvider,
+            format!("invalid provider name: {e}"),
+        )
+    })
 }
 
 pub async fn create_key(
@@ -131,32 +142,27 @@ pub async fn create_key(
     Auth(ctx): Auth,
     Body(body): Body,
 ) -> Result<(StatusCode, Json<KeyView>)> {
-    allow(&state, &ctx, Operation::CreateKey).await?;
+    before_body(&state, &ctx, Operation::CreateKey, "key_create").await?;
     let request: CreateKeyRequest = parse(&body)?;
-    let name = custos_types::KeyName::new(request.name).map_err(CoreError::from)?;
+    let name = KeyName::new(request.name).map_err(CoreError::from)?;
     let algorithm: Algorithm = request.algorithm.parse().map_err(CoreError::from)?;
-    let provider = request
-        .provider
-        .map(|p| {
-            ProviderName::new(p).map_err(|e| {
-                ApiError::bad("unknown_provider", format!("invalid provider name: {e}"))
-            })
-        })
-        .transpose()?;
+    let provider = request.provider.map(provider_name).transpose()?;
     let chain = match (&provider, request.providers) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::bad(
-                "invalid_request",
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
                 "give either provider or providers (a chain), not both",
+            ))
+        }
+        (_, Some(chain)) if chain.is_empty() => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "providers, when given, names at least one provider",
             ))
         }
         (_, Some(chain)) => chain
             .into_iter()
-            .map(|p| {
-                ProviderName::new(p).map_err(|e| {
-                    ApiError::bad("unknown_provider", format!("invalid provider name: {e}"))
-                })
-            })
+            .map(provider_name)
             .collect::<Result<Vec<_>>>()?,
         (provider, None) => provider.iter().cloned().collect(),
     };
@@ -173,8 +179,7 @@ pub async fn create_key(
 }
 
 pub async fn list_keys(State(state): State<AppState>, Auth(ctx): Auth) -> Result<Json<KeyList>> {
-    allow(&state, &ctx, Operation::ReadKeys).await?;
-    let keys = state.keys.list_keys()?;
+    let keys = state.keys.list_keys(&ctx).await?;
     Ok(Json(KeyList {
         keys: keys.iter().map(|k| views::key(&state.keys, k)).collect(),
     }))
@@ -185,8 +190,7 @@ pub async fn show_key(
     Auth(ctx): Auth,
     KeyPath(name): KeyPath,
 ) -> Result<Json<KeyView>> {
-    allow(&state, &ctx, Operation::ReadKeys).await?;
-    let key = state.keys.key(&name)?;
+    let key = state.keys.key(&ctx, &name).await?;
     Ok(Json(views::key(&state.keys, &key)))
 }
 
@@ -196,7 +200,7 @@ pub async fn sign(
     KeyPath(name): KeyPath,
     Body(body): Body,
 ) -> Result<Json<custos_api::SignResponse>> {
-    allow(&state, &ctx, Operation::Sign(&name)).await?;
+    before_body(&state, &ctx, Operation::Sign(name.as_str()), "sign").await?;
     let body: SignRequestBody = parse(&body)?;
     let (request, format) = views::sign_request(&body)?;
     let outcome = state.keys.sign(&ctx, &name, &request).await?;
@@ -209,7 +213,7 @@ pub async fn sign_batch(
     KeyPath(name): KeyPath,
     Body(body): Body,
 ) -> Result<Json<SignBatchResponse>> {
-    allow(&state, &ctx, Operation::Sign(&name)).await?;
+    before_body(&state, &ctx, Operation::Sign(name.as_str()), "sign_batch").await?;
     let body: SignBatchRequest = parse(&body)?;
     // Checked before decoding, so an oversized batch is not decoded at all.
     state.keys.limits().check_batch(body.items.len())?;
@@ -250,7 +254,7 @@ pub async fn verify(
     KeyPath(name): KeyPath,
     Body(body): Body,
 ) -> Result<Json<VerifyResponse>> {
-    allow(&state, &ctx, Operation::Verify(&name)).await?;
+    before_body(&state, &ctx, Operation::Verify(name.as_str()), "verify").await?;
     let body: VerifyRequestBody = parse(&body)?;
     let outcome = state
         .keys
@@ -267,22 +271,69 @@ pub async fn rotate(
     Auth(ctx): Auth,
     KeyPath(name): KeyPath,
 ) -> Result<Json<KeyView>> {
-    allow(&state, &ctx, Operation::RotateKey(&name)).await?;
     let key = state.keys.rotate(&ctx, &name).await?;
     Ok(Json(views::key(&state.keys, &key)))
 }
 
+async fn change_state(state: &AppState, ctx: &custos_core::RequestContext, name: &KeyName, change: KeyStateChange) -> Result<Json<KeyView>> {
+    let key = state.keys.set_key_state(ctx, name, change).await?;
+    Ok(Json(views::key(&state.keys, &key)))
+}
+
+pub async fn enable_key(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+    KeyPath(name): KeyPath,
+) -> Result<Json<KeyView>> {
+    change_state(&state, &ctx, &name, KeyStateChange::Enable).await
+}
+
+pub async fn disable_key(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+    KeyPath(name): KeyPath,
+) -> Result<Json<KeyView>> {
+    change_state(&state, &ctx, &name, KeyStateChange::Disable).await
+}
+
+pub async fn schedule_deletion(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+    KeyPath(name): KeyPath,
+    Body(body): Body,
+) -> Result<Json<KeyView>> {
+    before_body(&state, &ctx, Operation::DeleteKey(name.as_str()), "key_schedule_deletion").await?;
+    let request: ScheduleDeletionRequest = if body.is_empty() {
+        parse(b"{}")?
+    } else {
+        parse(&body)?
+    };
+    let change = KeyStateChange::ScheduleDeletion {
+        days: request.pending_window_days,
+    };
+    change_state(&state, &ctx, &name, change).await
+}
+
+pub async fn cancel_deletion(
+    State(state): State<AppState>,
+    Auth(ctx): Auth,
+    KeyPath(name): KeyPath,
+) -> Result<Json<KeyView>> {
+    change_state(&state, &ctx, &name, KeyStateChange::CancelDeletion).await
+}
+
 async fn rotation_view(
     state: &AppState,
-    name: &custos_types::KeyName,
+    ctx: &custos_core::RequestContext,
+    name: &KeyName,
 ) -> Result<Json<custos_api::RotationView>> {
-    let policy = state.keys.rotation_policy(name).await?;
+    let policy = state.keys.rotation_policy(ctx, name).await?;
     Ok(Json(custos_api::RotationView {
         key: name.to_string(),
         policy: policy
             .map(|p| serde_json::to_value(p).map_err(|e| CoreError::Internal(e.to_string())))
             .transpose()?,
-        next_rotation: state.keys.next_rotation(name).await?,
+        next_rotation: state.keys.next_rotation(ctx, name).await?,
     }))
 }
 
@@ -291,9 +342,7 @@ pub async fn show_rotation(
     Auth(ctx): Auth,
     KeyPath(name): KeyPath,
 ) -> Result<Json<custos_api::RotationView>> {
-    allow(&state, &ctx, Operation::ReadKeys).await?;
-    state.keys.key(&name)?;
-    rotation_view(&state, &name).await
+    rotation_view(&state, &ctx, &name).await
 }
 
 pub async fn set_rotation(
@@ -302,13 +351,17 @@ pub async fn set_rotation(
     KeyPath(name): KeyPath,
     Body(body): Body,
 ) -> Result<Json<custos_api::RotationView>> {
-    allow(&state, &ctx, Operation::RotateKey(&name)).await?;
+    before_body(&state, &ctx, Operation::RotateKey(name.as_str()), "rotation_policy").await?;
     let policy: custos_core::RotationPolicy = parse(&body)?;
-    state
+    let next_rotation = state
         .keys
-        .set_rotation_policy(&ctx, &name, Some(policy))
+        .set_rotation_policy(&ctx, &name, Some(policy.clone()))
         .await?;
-    rotation_view(&state, &name).await
+    Ok(Json(custos_api::RotationView {
+        key: name.to_string(),
+        policy: Some(serde_json::to_value(policy).map_err(|e| CoreError::Internal(e.to_string()))?),
+        next_rotation,
+    }))
 }
 
 pub async fn delete_rotation(
@@ -316,9 +369,12 @@ pub async fn delete_rotation(
     Auth(ctx): Auth,
     KeyPath(name): KeyPath,
 ) -> Result<Json<custos_api::RotationView>> {
-    allow(&state, &ctx, Operation::RotateKey(&name)).await?;
     state.keys.set_rotation_policy(&ctx, &name, None).await?;
-    rotation_view(&state, &name).await
+    Ok(Json(custos_api::RotationView {
+        key: name.to_string(),
+        policy: None,
+        next_rotation: None,
+    }))
 }
 
 fn token_view(record: TokenRecord) -> TokenView {
@@ -338,23 +394,26 @@ pub async fn create_token(
     Auth(ctx): Auth,
     Body(body): Body,
 ) -> Result<(StatusCode, Json<CreateTokenResponse>)> {
-    allow(&state, &ctx, Operation::ManageTokens).await?;
+    before_body(&state, &ctx, Operation::ManageTokens, "token_create").await?;
     let request: CreateTokenRequest = parse(&body)?;
     let scopes = request
         .scopes
         .iter()
-        .map(|s| Scope::parse(s))
+        .map(|s| state.access.scopes().parse(s))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let expires_at = match request.expires_in_seconds {
         None => None,
         Some(secs) => {
             let secs = i64::try_from(secs)
                 .ok()
-                .filter(|s| *s <= 100 * 365 * 86_400)
+                .filter(|s| (1..=100 * 365 * 86_400).contains(s))
                 .ok_or_else(|| {
-                    ApiError::bad("invalid_request", "expires_in_seconds is too large")
+                    ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        "expires_in_seconds must be between 1 and 3153600000 (100 years)",
+                    )
                 })?;
-            Some(Timestamp::now() + jiff::SignedDuration::from_secs(secs))
+            Some(state.keys.clock().now() + jiff::SignedDuration::from_secs(secs))
         }
     };
     let (issued, aws) = if request.aws {
@@ -400,9 +459,14 @@ pub async fn list_tokens(
     State(state): State<AppState>,
     Auth(ctx): Auth,
 ) -> Result<Json<TokenList>> {
-    allow(&state, &ctx, Operation::ManageTokens).await?;
     Ok(Json(TokenList {
-        tokens: state.access.list()?.into_iter().map(token_view).collect(),
+        tokens: state
+            .access
+            .list(&ctx)
+            .await?
+            .into_iter()
+            .map(token_view)
+            .collect(),
     }))
 }
 
@@ -411,7 +475,6 @@ pub async fn revoke_token(
     Auth(ctx): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<TokenView>> {
-    allow(&state, &ctx, Operation::ManageTokens).await?;
     Ok(Json(token_view(state.access.revoke(&ctx, &id).await?)))
 }
 
@@ -419,8 +482,8 @@ fn timestamp(field: &str, text: &Option<String>) -> Result<Option<Timestamp>> {
     text.as_deref()
         .map(|t| {
             t.parse::<Timestamp>().map_err(|_| {
-                ApiError::bad(
-                    "invalid_request",
+                ApiError::new(
+                    ErrorCode::InvalidRequest,
                     format!("{field} must be an RFC 3339 time"),
                 )
             })
@@ -433,22 +496,25 @@ pub async fn query_audit(
     Auth(ctx): Auth,
     query: std::result::Result<Query<AuditQueryParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AuditPage>> {
-    allow(&state, &ctx, Operation::ReadAudit).await?;
-    let Query(params) = query.map_err(|e| ApiError::bad("invalid_request", e.body_text()))?;
+    let Query(params) =
+        query.map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))?;
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
     let records = state
         .keys
-        .audit()
-        .query(&AuditQuery {
-            after_seq: params.after.unwrap_or(0),
-            limit,
-            from: timestamp("from", &params.from)?,
-            to: timestamp("to", &params.to)?,
-            key: params.key,
-            operation: params.operation,
-            actor: params.actor,
-            outcome: params.outcome,
-        })
+        .query_audit(
+            &ctx,
+            &AuditQuery {
+                after_seq: params.after.unwrap_or(0),
+                limit,
+                newest_first: false,
+                from: timestamp("from", &params.from)?,
+                to: timestamp("to", &params.to)?,
+                key: params.key,
+                operation: params.operation,
+                actor: params.actor,
+                outcome: params.outcome,
+            },
+        )
         .await?;
     let next_after = (records.len() == limit as usize)
         .then(|| records.last().map(|r| r.seq))
@@ -463,8 +529,7 @@ pub async fn export_audit(
     State(state): State<AppState>,
     Auth(ctx): Auth,
 ) -> Result<impl IntoResponse> {
-    allow(&state, &ctx, Operation::ReadAudit).await?;
-    let export = state.keys.audit().export().await?;
+    let export = state.keys.export_audit(&ctx).await?;
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], export))
 }
 
@@ -472,25 +537,20 @@ pub async fn verify_audit(
     State(state): State<AppState>,
     Auth(ctx): Auth,
 ) -> Result<Json<AuditVerifyResponse>> {
-    allow(&state, &ctx, Operation::ReadAudit).await?;
-    let audit = state.keys.audit();
-    let export = audit.export().await?;
-    Ok(Json(
-        match custos_audit::verify_export(&export, audit.public_key()) {
-            Ok(report) => AuditVerifyResponse {
-                valid: true,
-                records: report.records,
-                checkpoints: report.checkpoints,
-                error: None,
-            },
-            Err(failure) => AuditVerifyResponse {
-                valid: false,
-                records: 0,
-                checkpoints: 0,
-                error: Some(failure.to_string()),
-            },
+    Ok(Json(match state.keys.verify_audit(&ctx).await? {
+        Ok(report) => AuditVerifyResponse {
+            valid: true,
+            records: report.records,
+            checkpoints: report.checkpoints,
+            error: None,
         },
-    ))
+        Err(failure) => AuditVerifyResponse {
+            valid: false,
+            records: 0,
+            checkpoints: 0,
+            error: Some(failure.to_string()),
+        },
+    }))
 }
 
 pub async fn audit_key(State(state): State<AppState>) -> Json<AuditKeyResponse> {

@@ -5,10 +5,10 @@ use custos_api::{
     VersionView,
 };
 use custos_core::{KeyManager, SignInput, SignOutcome, SignRequest, VerifyRequest};
-use custos_store::KeyRecord;
-use custos_types::{HashAlgorithm, KeyName, KeyVersion, PublicKey, SignatureFormat};
-
-use crate::ApiError;
+use custos_http::ApiError;
+use custos_types::{
+    ErrorCode, HashAlgorithm, KeyName, KeyRecord, KeyVersion, PublicKey, SignatureFormat,
+};
 
 pub fn public_key(key: &PublicKey) -> PublicKeyView {
     PublicKeyView {
@@ -23,6 +23,10 @@ pub fn key(manager: &KeyManager, key: &KeyRecord) -> KeyView {
         name: key.name.to_string(),
         algorithm: key.algorithm.to_string(),
         current_version: key.current().map(|v| v.version.0).unwrap_or_default(),
+        kind: key.kind.as_str().to_owned(),
+        state: key.state.as_str().to_owned(),
+        deletion_date: key.state.deletion_date(),
+        description: key.description.clone(),
         providers: key.providers.iter().map(ToString::to_string).collect(),
         created_at: key.created_at,
         versions: key
@@ -55,16 +59,20 @@ pub fn key(manager: &KeyManager, key: &KeyRecord) -> KeyView {
 }
 
 fn bytes(field: &str, text: &str) -> Result<Vec<u8>, ApiError> {
-    b64::decode(text)
-        .ok_or_else(|| ApiError::bad("invalid_base64", format!("{field} is not standard base64")))
+    b64::decode(text).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidBase64,
+            format!("{field} is not standard base64"),
+        )
+    })
 }
 
 fn input(message: &Option<String>, digest: &Option<String>) -> Result<SignInput, ApiError> {
     match (message, digest) {
         (Some(m), None) => Ok(SignInput::Message(bytes("message", m)?)),
         (None, Some(d)) => Ok(SignInput::Digest(bytes("digest", d)?)),
-        _ => Err(ApiError::bad(
-            "invalid_request",
+        _ => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
             "give exactly one of message and digest (base64)",
         )),
     }
@@ -82,11 +90,22 @@ pub fn format(format: &Option<String>) -> Result<SignatureFormat, ApiError> {
         None => Ok(SignatureFormat::Raw),
         Some(f) => f
             .parse()
-            .map_err(|_| ApiError::bad("unknown_format", "format must be raw or der")),
+            .map_err(|_| ApiError::new(ErrorCode::UnknownFormat, "format must be raw or der")),
     }
 }
 
 pub fn sign_request(body: &SignRequestBody) -> Result<(SignRequest, SignatureFormat), ApiError> {
+    if let Some(sequence) = body.sequence {
+        if sequence > custos_core::MAX_SEQUENCE {
+            return Err(ApiError::new(
+                ErrorCode::InvalidSequence,
+                format!(
+                    "sequence must be at most {}, not {sequence}",
+                    custos_core::MAX_SEQUENCE
+                ),
+            ));
+        }
+    }
     let request = SignRequest {
         input: input(&body.message, &body.digest)?,
         hash: hash(&body.hash)?,

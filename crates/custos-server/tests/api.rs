@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use custos_api::{b64, KeyView, SignBatchResponse, SignResponse};
 use custos_core::{
-    Access, AuditConfig, AuditLog, KeyManager, Limits, Metrics, RequestContext, Scope,
+    Access, AuditConfig, AuditLog, KeyManager, Limits, Metrics, RequestContext, Scope, Scopes,
+    Settings, SystemClock,
 };
 use custos_provider::conformance::openssl_verify;
 use custos_provider_soft::{KdfParams, SoftProvider};
-use custos_server::{AppState, HttpOptions, TlsFiles};
+use custos_http::{AppState, HttpOptions, TlsFiles};
 use custos_store::{SqliteStore, Store};
 use custos_types::{Algorithm, HashAlgorithm, ProviderName, SignPayload};
 use reqwest::StatusCode;
@@ -77,6 +78,7 @@ async fn start_inner(
     let limits = Limits {
         max_message_bytes: 1024,
         max_batch_items: 10,
+        ..Limits::default()
     };
     let soft: Arc<dyn custos_provider::KeyProvider> = Arc::new(soft);
     let metrics = Arc::new(Metrics::new());
@@ -88,17 +90,24 @@ async fn start_inner(
     )
     .await
     .unwrap();
-    let keys = KeyManager::load(
+    let keys = KeyManager::open(
         Arc::clone(&store),
         vec![soft],
         ProviderName::new("soft").unwrap(),
-        limits,
         Arc::clone(&audit),
         metrics,
+        Settings {
+            limits,
+            ..Settings::default()
+        },
     )
     .await
     .unwrap();
-    let access = Arc::new(Access::load(store, Arc::clone(&audit)).await.unwrap());
+    let access = Arc::new(
+        Access::load(store, Arc::clone(&audit), Scopes::default(), Arc::new(SystemClock))
+            .await
+            .unwrap(),
+    );
     let tls = tls.map(|(mut files, ca)| {
         files.audit = Some(Arc::clone(&audit));
         (files, ca)
@@ -130,7 +139,7 @@ async fn start_inner(
                 .unwrap(),
         ),
     };
-    tokio::spawn(custos_server::serve(listener, app, files, async {
+    tokio::spawn(custos_http::serve(listener, app, files, async {
         let _ = stopped.await;
     }));
     let host = if scheme == "https" {
@@ -188,7 +197,7 @@ impl Server {
     }
 
     async fn token(&self, scopes: &[&str]) -> String {
-        let scopes: Vec<_> = scopes.iter().map(|s| Scope::parse(s).unwrap()).collect();
+        let scopes: Vec<_> = scopes.iter().map(|s| Scopes::default().parse(s).unwrap()).collect();
         self.access
             .issue(&RequestContext::system("test"), "t", &scopes, None)
             .await
@@ -878,7 +887,7 @@ fn client_fingerprint(dir: &std::path::Path, name: &str) -> String {
     use rustls_pki_types::pem::PemObject as _;
     let der =
         rustls_pki_types::CertificateDer::from_pem_file(dir.join(format!("{name}.pem"))).unwrap();
-    custos_server::fingerprint(der.as_ref())
+    custos_http::fingerprint(der.as_ref())
 }
 
 #[tokio::test]
@@ -1004,7 +1013,7 @@ async fn mutual_tls_accepts_only_pinned_client_certificates_and_reloads_the_allo
         "a removed certificate still gets in"
     );
     // The change of configuration is in the audit log.
-    let query = custos_store::AuditQuery {
+    let query = custos_audit::AuditQuery {
         operation: Some("config_reload".into()),
         limit: 10,
         ..Default::default()
@@ -1124,7 +1133,7 @@ async fn audit_metrics_and_token_lifecycle() {
         .map(|r| r["operation"].as_str().unwrap().to_owned())
         .collect();
     assert!(
-        ops.contains(&"auth_failure".to_owned()) && ops.contains(&"authorize".to_owned()),
+        ops.contains(&"auth_failure".to_owned()) && ops.contains(&"sign".to_owned()),
         "{denied}"
     );
     // Paging and filters.
@@ -1204,7 +1213,8 @@ async fn audit_metrics_and_token_lifecycle() {
         .await;
     assert_eq!(
         (status, err["error"]["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("token_not_found"))
+        (StatusCode::NOT_FOUND, Some("token_not_found")),
+        "an unknown token id is 404, like an unknown key"
     );
 
     // Metrics parse with a real Prometheus parser and name what operators alert on.
@@ -1601,7 +1611,7 @@ async fn failed_authentications_from_one_address_are_limited_before_they_flood_t
         refused >= 20 && unauthenticated >= 5 && refused + unauthenticated == 30,
         "{statuses:?}"
     );
-    let query = custos_store::AuditQuery {
+    let query = custos_audit::AuditQuery {
         operation: Some("auth_failure".into()),
         limit: 100,
         ..Default::default()

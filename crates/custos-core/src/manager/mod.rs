@@ -259,6 +259,17 @@ impl KeyManager {
         self.policies.names()
     }
 
+    /// Checks that the caller may do `op`, for reads a surface serves from what core exposes (the
+    /// provider list); a refusal is audited as `operation` with outcome `denied`.
+    pub async fn authorize(
+        &self,
+        ctx: &crate::RequestContext,
+        op: crate::Operation<'_>,
+        operation: &str,
+    ) -> Result<(), CoreError> {
+        crate::audited::authorize(&self.audit, ctx, op, || ctx.entry(operation)).await
+    }
+
     /// The wall clock core reads.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock

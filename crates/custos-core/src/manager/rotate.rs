@@ -93,13 +93,14 @@ impl KeyManager {
 
     /// Sets (or with `None` removes) a key's rotation policy. The schedule needs `keys:rotate`; a change
     /// of the backup settings (whether backups are written, to which recipient, where) is a custody
-    /// change and needs `admin`. Every field is validated before anything is stored.
+    /// change and needs `admin`. Every field is validated before anything is stored. Returns when the
+    /// key is next due to rotate under the new policy.
     pub async fn set_rotation_policy(
         &self,
         ctx: &RequestContext,
         name: &KeyName,
         policy: Option<RotationPolicy>,
-    ) -> Result<(), CoreError> {
+    ) -> Result<Option<Timestamp>, CoreError> {
         let mut entry = ctx.entry("rotation_policy");
         entry.key = Some(name.to_string());
         entry.subject = Some(match &policy {
@@ -141,15 +142,13 @@ impl KeyManager {
         } else {
             Operation::RotateKey(name.as_str())
         };
-        audited::run(
-            &self.audit,
-            ctx,
-            op,
-            entry,
-            self.rotator.set_policy(name, policy.as_ref()),
-            |_, _| {},
-        )
-        .await
+        let work = async {
+            self.rotator.set_policy(name, policy.as_ref()).await?;
+            let key = self.registry().get(name)?;
+            let made = key.current().map_or(key.created_at, |v| v.created_at);
+            policy.as_ref().map(|p| p.due_after(made)).transpose()
+        };
+        audited::run(&self.audit, ctx, op, entry, work, |_, _| {}).await
     }
 
     /// Finishes every rotation a crash interrupted. Run once at start, before serving. A rotation that

@@ -1,5 +1,5 @@
 //! Request extractors that answer in the API's own error shape: the request context with the bearer
-//! token, the key name, the body; and the scope check, which audits refusals.
+//! token (failed authentication is audited and rate-limited per address), the key name, the body.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,8 +9,8 @@ use axum::extract::{ConnectInfo, FromRef as _, FromRequest, FromRequestParts, Pa
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use custos_audit::Outcome;
-use custos_core::{CoreError, Operation, RequestContext};
-use custos_types::KeyName;
+use custos_core::{CoreError, RequestContext};
+use custos_types::{ErrorCode, KeyName};
 use serde::de::DeserializeOwned;
 
 use crate::{ApiError, AppState, Guards};
@@ -40,6 +40,7 @@ pub fn context(parts: &Parts) -> RequestContext {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.to_string()),
+        system: false,
     }
 }
 
@@ -79,8 +80,7 @@ where
                             &governor::clock::DefaultClock::default(),
                         ));
                         return Err(ApiError::new(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "rate_limited",
+                            ErrorCode::RateLimited,
                             "this token's request rate is over its limit; slow down",
                         )
                         .retry_after(wait.as_secs_f64().ceil() as u64));
@@ -101,8 +101,7 @@ where
                         // Over the limit: refuse without another durable write.
                         state.keys.metrics().rate_limited.inc();
                         return Err(ApiError::new(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "rate_limited",
+                            ErrorCode::RateLimited,
                             "too many failed authentications from this address; slow down",
                         )
                         .retry_after(1));
@@ -119,8 +118,7 @@ where
                 );
                 state.keys.audit().append(entry).await?;
                 Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
+                    ErrorCode::Unauthenticated,
                     if token.is_some() {
                         "the API token is unknown, expired or revoked"
                     } else {
@@ -130,29 +128,6 @@ where
             }
         }
     }
-}
-
-/// Checks the caller's scopes; a refusal is answered 403 and audited.
-pub async fn allow(
-    state: &AppState,
-    ctx: &RequestContext,
-    op: Operation<'_>,
-) -> Result<(), ApiError> {
-    let Some(principal) = &ctx.principal else {
-        return Err(CoreError::Unauthenticated.into());
-    };
-    if let Err(err) = principal.authorize(op) {
-        let mut entry = ctx.entry("authorize");
-        entry.outcome = Outcome::Denied;
-        entry.error_code = Some(err.code().to_owned());
-        entry.subject = Some(op.to_string());
-        if let Operation::Sign(key) | Operation::Verify(key) | Operation::RotateKey(key) = op {
-            entry.key = Some(key.to_string());
-        }
-        state.keys.audit().append(entry).await?;
-        return Err(err.into());
-    }
-    Ok(())
 }
 
 /// The `{name}` path segment as a checked key name.
@@ -165,7 +140,7 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<KeyPath, ApiError> {
         let Path(name) = Path::<String>::from_request_parts(parts, state)
             .await
-            .map_err(|e| ApiError::bad("invalid_name", e.body_text()))?;
+            .map_err(|e| ApiError::new(ErrorCode::InvalidName, e.body_text()))?;
         Ok(KeyPath(
             KeyName::new(name).map_err(custos_core::CoreError::from)?,
         ))
@@ -187,25 +162,24 @@ impl<S: Send + Sync> FromRequest<S> for Body {
             .map_err(|e| {
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "body_too_large",
+                        ErrorCode::BodyTooLarge,
                         "the request body is over the configured limit",
                     )
                 } else {
-                    ApiError::bad("invalid_request", e.body_text())
+                    ApiError::new(ErrorCode::InvalidRequest, e.body_text())
                 }
             })
     }
 }
 
 /// Parses a JSON body: syntax errors are `invalid_json`, wrong fields are `invalid_request`.
-pub fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         let code = if e.is_data() {
-            "invalid_request"
+            ErrorCode::InvalidRequest
         } else {
-            "invalid_json"
+            ErrorCode::InvalidJson
         };
-        ApiError::bad(code, format!("invalid request body: {e}"))
+        ApiError::new(code, format!("invalid request body: {e}"))
     })
 }
