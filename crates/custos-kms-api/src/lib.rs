@@ -1,21 +1,25 @@
 //! The AWS KMS-compatible API: `POST /` with `X-Amz-Target: TrentService.<Op>` and
 //! `application/x-amz-json-1.1`, authenticated with Signature Version 4, so that tools that sign through
-//! AWS KMS (the `aws` CLI, boto3, the AWS SDKs) sign through Custos by changing only the endpoint.
+//! AWS KMS (the `aws` CLI, boto3, the AWS SDKs, Terraform) sign through Custos by changing only the
+//! endpoint.
+//!
+//! This crate only translates: every request becomes a typed request struct (`requests`), then a call
+//! to the key manager, which authorises it, decides on key state and policy, and audits it; the answer
+//! and any error take AWS's shapes. Nothing here touches the store.
 //!
 //! Key ids: a key made by `CreateKey` gets a UUID id, which is also its Custos key name; any existing
 //! Custos key can be named by its Custos name; ARNs (`arn:aws:kms:<region>:<account>:key/<id>`) and
-//! aliases (`alias/<name>`, or their ARNs) resolve to those. Asymmetric keys are Custos keys (every
-//! signature goes through the key manager: provider chain, verification, audit). Symmetric keys
-//! (`SYMMETRIC_DEFAULT`) are names for sealing under the configured provider's own key (on an HSM, an AES
-//! key that never leaves it), bound to the key id and the encryption context. KMS-only state (aliases,
-//! symmetric keys, key states) lives in the store's settings.
+//! aliases (`alias/<name>`, or their ARNs) resolve to those. Asymmetric keys are Custos keys; symmetric
+//! keys (`SYMMETRIC_DEFAULT`) are Custos sealing keys (encryption under the provider's own key, bound to
+//! the key id and the encryption context); keys made with origin `EXTERNAL` are Custos pending imports.
 //!
 //! Access keys come from `custos token create --aws`; an access key carries its token's scopes:
-//! `Sign`/`Encrypt`/`Decrypt`/`GenerateDataKey` need `sign:<key>`, `Verify` needs `verify:<key>`,
-//! `CreateKey`/`CreateAlias` need `keys:create`, reads need `keys:read`, key state changes need
-//! `keys:rotate`.
+//! `Sign`/`Encrypt`/`Decrypt`/`GenerateDataKey*` need `sign:<key>`, `Verify` needs `verify:<key>`,
+//! `CreateKey`/`CreateAlias`/imports need `keys:create`, reads need `keys:read`, enabling, disabling,
+//! tags and alias changes need `keys:rotate`, and scheduling a deletion needs `admin`.
 
 mod ops;
+mod requests;
 pub mod sigv4;
 
 use std::sync::Arc;
@@ -24,18 +28,14 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use custos_core::{Access, KeyManager, RequestContext};
-use custos_provider::KeyProvider;
-use custos_store::Store;
+use custos_core::{Access, CoreError, KeyManager, RequestContext};
+use custos_types::ErrorCode;
 
 /// What the API needs.
 #[derive(Clone)]
 pub struct KmsApi {
     pub(crate) keys: Arc<KeyManager>,
     pub(crate) access: Arc<Access>,
-    pub(crate) store: Arc<dyn Store>,
-    /// Seals symmetric-key ciphertexts.
-    pub(crate) sealer: Arc<dyn KeyProvider>,
     /// The region and account shown in ARNs.
     pub(crate) region: String,
     pub(crate) account: String,
@@ -50,24 +50,23 @@ impl std::fmt::Debug for KmsApi {
 }
 
 impl KmsApi {
-    /// The API over `keys`, with access keys from `access`, symmetric sealing by `sealer`, and ARNs in
-    /// `region` and the 12-digit `account`.
-    pub fn new(
-        keys: Arc<KeyManager>,
-        access: Arc<Access>,
-        store: Arc<dyn Store>,
-        sealer: Arc<dyn KeyProvider>,
-        region: String,
-        account: String,
-    ) -> KmsApi {
+    /// The API over `keys`, with access keys from `access`, and ARNs in `region` and the 12-digit
+    /// `account`.
+    pub fn new(keys: Arc<KeyManager>, access: Arc<Access>, region: String, account: String) -> KmsApi {
         KmsApi {
             keys,
             access,
-            store,
-            sealer,
             region,
             account,
         }
+    }
+
+    pub(crate) fn arn(&self, id: &str) -> String {
+        format!("arn:aws:kms:{}:{}:key/{id}", self.region, self.account)
+    }
+
+    pub(crate) fn alias_arn(&self, alias: &str) -> String {
+        format!("arn:aws:kms:{}:{}:{alias}", self.region, self.account)
     }
 }
 
@@ -88,9 +87,6 @@ impl KmsError {
             "KMSInternalException" | "DependencyTimeoutException" => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            "KMSInvalidStateException" | "DisabledException" | "KeyUnavailableException" => {
-                StatusCode::BAD_REQUEST
-            }
             _ => StatusCode::BAD_REQUEST,
         };
         KmsError {
@@ -105,36 +101,40 @@ impl KmsError {
     }
 }
 
-impl From<custos_core::CoreError> for KmsError {
-    fn from(err: custos_core::CoreError) -> Self {
-        use custos_core::ErrorKind;
-        match err.kind() {
-            ErrorKind::BadInput | ErrorKind::TooLarge => KmsError::validation(err.to_string()),
-            ErrorKind::NotFound => KmsError::new("NotFoundException", err.to_string()),
-            ErrorKind::Unauthenticated => KmsError::new(
-                "UnrecognizedClientException",
-                "The security token included in the request is invalid.",
-            ),
-            ErrorKind::Forbidden => KmsError::new("AccessDeniedException", err.to_string()),
-            ErrorKind::Conflict => KmsError::new("KMSInvalidStateException", err.to_string()),
-            ErrorKind::Unavailable => KmsError::new("KeyUnavailableException", err.to_string()),
-            _ => {
-                tracing::error!(error = %err, "KMS API internal error");
-                KmsError::new("KMSInternalException", "internal error")
+impl From<CoreError> for KmsError {
+    fn from(err: CoreError) -> Self {
+        let kind = match err.code() {
+            ErrorCode::KeyNotFound | ErrorCode::AliasNotFound | ErrorCode::VersionNotFound => {
+                "NotFoundException"
             }
-        }
-    }
-}
-
-impl From<custos_store::StoreError> for KmsError {
-    fn from(err: custos_store::StoreError) -> Self {
-        custos_core::CoreError::from(err).into()
-    }
-}
-
-impl From<custos_provider::ProviderError> for KmsError {
-    fn from(err: custos_provider::ProviderError) -> Self {
-        custos_core::CoreError::from(err).into()
+            ErrorCode::KeyDisabled => "DisabledException",
+            ErrorCode::KeyPendingDeletion | ErrorCode::InvalidKeyState | ErrorCode::VersionNotUsable => {
+                "KMSInvalidStateException"
+            }
+            ErrorCode::AliasExists | ErrorCode::KeyExists => "AlreadyExistsException",
+            ErrorCode::InvalidImportToken => "InvalidImportTokenException",
+            ErrorCode::ImportTokenExpired => "ExpiredImportTokenException",
+            ErrorCode::IncorrectKeyMaterial => "IncorrectKeyMaterialException",
+            ErrorCode::InvalidPayload => "InvalidCiphertextException",
+            ErrorCode::Unauthenticated => {
+                return KmsError::new(
+                    "UnrecognizedClientException",
+                    "The security token included in the request is invalid.",
+                )
+            }
+            ErrorCode::Forbidden | ErrorCode::PolicyDenied | ErrorCode::ApprovalRequired => {
+                "AccessDeniedException"
+            }
+            ErrorCode::NotSupported => "UnsupportedOperationException",
+            ErrorCode::RateLimited => "ThrottlingException",
+            code if code.status() == 503 => "KeyUnavailableException",
+            code if code.status() >= 500 => {
+                tracing::error!(error = %err, "KMS API internal error");
+                return KmsError::new("KMSInternalException", "internal error");
+            }
+            _ => "ValidationException",
+        };
+        KmsError::new(kind, err.to_string())
     }
 }
 
@@ -212,24 +212,10 @@ async fn serve(
         principal: Some(principal),
         cert_fingerprint: None,
         source: peer.map(|p| p.ip().to_string()),
+        system: false,
     };
-    let input: serde_json::Value = if body.is_empty() {
-        serde_json::json!({})
-    } else {
-        serde_json::from_slice(body).map_err(|e| {
-            KmsError::new(
-                "SerializationException",
-                format!("the body is not JSON: {e}"),
-            )
-        })?
-    };
-    if !input.is_object() {
-        return Err(KmsError::new(
-            "SerializationException",
-            "the body is not a JSON object",
-        ));
-    }
-    ops::run(api, &ctx, operation, &input).await
+    let body = if body.is_empty() { b"{}".as_slice() } else { body };
+    ops::run(api, &ctx, operation, body).await
 }
 
 fn authenticate(

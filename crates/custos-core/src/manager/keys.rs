@@ -106,6 +106,25 @@ impl KeyManager {
         self.registry().get(name)
     }
 
+    /// A key's record for a caller allowed `op` on it: for a surface that must know the key's algorithm
+    /// to build its request (the KMS API's `Sign` checks the signing algorithm first). A refusal is
+    /// recorded as `operation`.
+    pub async fn key_for(
+        &self,
+        ctx: &RequestContext,
+        op: Operation<'_>,
+        operation: &str,
+        name: &KeyName,
+    ) -> Result<Arc<KeyRecord>, CoreError> {
+        audited::authorize(&self.audit, ctx, op, || {
+            let mut entry = ctx.entry(operation);
+            entry.key = Some(name.to_string());
+            entry
+        })
+        .await?;
+        self.registry().get(name)
+    }
+
     /// Every key, ordered by name; needs `keys:read`.
     pub async fn list_keys(&self, ctx: &RequestContext) -> Result<Vec<Arc<KeyRecord>>, CoreError> {
         audited::authorize(&self.audit, ctx, Operation::ReadKeys, || ctx.entry("key_list")).await?;
