@@ -1,36 +1,53 @@
-//! The BitGo Advanced Wallets Key Provider API (`../shared/specs/bitgo-key-provider-api.yaml`), served
-//! under a path prefix: store and retrieve encrypted private keys, generate keys, sign, and envelope
-//! data keys, with the spec's bodies, status codes and `{message}` errors.
+//! The BitGo Advanced Wallets Key Provider API (`openapi.json`, converted from the YAML BitGo publishes),
+//! served under a path prefix: store and retrieve encrypted private keys, generate keys, sign, and
+//! envelope data keys, with the spec's bodies, status codes and `{message}` errors.
 //!
-//! Where things live: keys stored with `POST /key` are sealed by the default provider's own key (on an
-//! HSM, an AES key that never leaves it), bound to their `source` and `pub`, in the store's settings.
-//! Keys made with `POST /key/generate` are Custos keys (held by the default provider, signing through the
-//! key manager with its verification and audit). Data keys are random AES-256 keys sealed the same way.
+//! This crate only translates BitGo's wire format; the key manager decides and records everything.
+//! Keys stored with `POST /key` are client-named keys: the client's material sealed by the default
+//! provider for retrieval, and (when it is a private key or an `xprv`) imported inside the provider as a
+//! Custos key that signs for it. Keys made with `POST /key/generate` are Custos keys (BIP32 masters for
+//! UTXO coins). Private keys never reach this crate: PSBT inputs are signed by core with the provider's
+//! derived signing. Data keys are random keys sealed by the default provider.
 //!
 //! Access: a bearer token with scope `bitgo` for everything except `GET /key/{pub}`, which hands out a
-//! private key and needs `bitgo:retrieve` (not implied by `admin`) and, when configured, a client
+//! private key and needs `bitgo:retrieve` (which `admin` does not imply) and, when configured, a client
 //! certificate. Every operation is audited; a retrieval's record names the key, never its contents.
 
 mod ops;
+mod requests;
 mod utxo;
-
-use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use custos_core::KeyManager;
-use custos_server::AppState;
-use custos_store::Store;
+use custos_core::{KeyManager, ScopeSpec};
+use custos_http::AppState;
+use custos_types::ErrorCode;
 
 /// The spec, as JSON, served at `openapi.json` (converted from the YAML BitGo publishes).
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
+/// The scope that uses the API: store and generate keys, sign, data keys.
+pub static BITGO: ScopeSpec = ScopeSpec {
+    name: "bitgo",
+    description: "use the BitGo Key Provider API: store and generate keys, sign, data keys",
+    implied_by_admin: true,
+};
+
+/// The scope that retrieves stored private keys; `admin` does not imply it.
+pub static BITGO_RETRIEVE: ScopeSpec = ScopeSpec {
+    name: "bitgo:retrieve",
+    description: "retrieve stored private keys through the BitGo API (admin does not imply it)",
+    implied_by_admin: false,
+};
+
+/// The scopes this surface adds to tokens.
+pub const SCOPES: [&ScopeSpec; 2] = [&BITGO, &BITGO_RETRIEVE];
+
 /// What the API needs.
 #[derive(Clone)]
 pub struct BitgoApi {
-    /// The server's services: the key manager and access control (tokens, audited refusals).
+    /// The server's services: the key manager and tokens.
     pub(crate) app: AppState,
-    pub(crate) store: Arc<dyn Store>,
     /// Whether retrieving a private key also needs a client certificate (mutual TLS).
     pub(crate) retrieve_needs_client_cert: bool,
 }
@@ -48,16 +65,15 @@ impl std::fmt::Debug for BitgoApi {
 }
 
 impl BitgoApi {
-    /// The API over the server's services, keeping its records in `store`.
-    pub fn new(app: AppState, store: Arc<dyn Store>, retrieve_needs_client_cert: bool) -> BitgoApi {
+    /// The API over the server's services.
+    pub fn new(app: AppState, retrieve_needs_client_cert: bool) -> BitgoApi {
         BitgoApi {
             app,
-            store,
             retrieve_needs_client_cert,
         }
     }
 
-    pub(crate) fn keys(&self) -> &Arc<KeyManager> {
+    pub(crate) fn keys(&self) -> &KeyManager {
         &self.app.keys
     }
 }
@@ -89,14 +105,16 @@ impl BitgoError {
 
 impl From<custos_core::CoreError> for BitgoError {
     fn from(err: custos_core::CoreError) -> Self {
-        use custos_core::ErrorKind;
-        match err.kind() {
-            ErrorKind::BadInput | ErrorKind::TooLarge => BitgoError::bad(err.to_string()),
-            ErrorKind::Unauthenticated => {
-                BitgoError::new(StatusCode::UNAUTHORIZED, "missing or invalid API token")
+        let code = err.code();
+        match code.status() {
+            400 | 413 => BitgoError::bad(err.to_string()),
+            401 => BitgoError::new(StatusCode::UNAUTHORIZED, "missing or invalid API token"),
+            403 => BitgoError::new(StatusCode::FORBIDDEN, err.to_string()),
+            404 => BitgoError::new(StatusCode::NOT_FOUND, err.to_string()),
+            409 if code == ErrorCode::KeyExists => {
+                BitgoError::new(StatusCode::CONFLICT, err.to_string())
             }
-            ErrorKind::Forbidden => BitgoError::new(StatusCode::FORBIDDEN, err.to_string()),
-            ErrorKind::NotFound => BitgoError::new(StatusCode::NOT_FOUND, err.to_string()),
+            409 => BitgoError::bad(err.to_string()),
             _ => {
                 tracing::error!(error = %err, "BitGo API internal error");
                 BitgoError::new(
@@ -108,20 +126,8 @@ impl From<custos_core::CoreError> for BitgoError {
     }
 }
 
-impl From<custos_store::StoreError> for BitgoError {
-    fn from(err: custos_store::StoreError) -> Self {
-        custos_core::CoreError::from(err).into()
-    }
-}
-
-impl From<custos_provider::ProviderError> for BitgoError {
-    fn from(err: custos_provider::ProviderError) -> Self {
-        custos_core::CoreError::from(err).into()
-    }
-}
-
-impl From<custos_server::ApiError> for BitgoError {
-    fn from(err: custos_server::ApiError) -> Self {
+impl From<custos_http::ApiError> for BitgoError {
+    fn from(err: custos_http::ApiError) -> Self {
         BitgoError::new(err.status(), err.message())
     }
 }

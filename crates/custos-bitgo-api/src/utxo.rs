@@ -1,21 +1,13 @@
-//! BitGo's UTXO flow (BTC, LTC, ...): BIP32 master keys, shown as an `xpub`, and PSBT signing.
-//!
-//! A UTXO wallet key is a BIP32 master: `POST /key/generate` makes one from 32 random bytes, seals its
-//! `xprv` with the provider like any stored key, and answers the `xpub`. `POST /sign` with a PSBT signs
-//! every input whose BIP32 derivations name this master's fingerprint: the child key is derived along the
-//! recorded path (it must give the recorded public key), the BIP143 (P2WSH, P2SH-P2WSH, P2WPKH) or legacy
-//! (P2SH) signature hash is computed, and the signature, made and verified with RustCrypto's secp256k1, is
-//! added as a partial signature. Taproot inputs are refused. The `bitcoin` crate parses and writes the
-//! PSBT, derives the BIP32 children and computes the signature hashes.
+//! BitGo's UTXO flow (BTC, LTC, ...) on the wire side: which coins are UTXO coins, the `xpub` of a BIP32
+//! master, and PSBTs — which inputs a master's children sign, the BIP143 (P2WSH, P2SH-P2WSH, P2WPKH) or
+//! legacy (P2SH) signature hash of each, and adding the partial signatures. The signatures themselves
+//! are made inside the provider (`KeyManager::sign_derived`) and verified by core before they arrive
+//! here. The `bitcoin` crate parses and writes the PSBT and computes the signature hashes.
 
-use bitcoin::bip32::{Xpriv, Xpub};
+use bitcoin::bip32::{ChainCode, ChildNumber, Fingerprint, Xpub};
 use bitcoin::hashes::Hash as _;
 use bitcoin::psbt::Psbt;
-use bitcoin::secp256k1::Secp256k1;
 use bitcoin::sighash::{EcdsaSighashType, SighashCache};
-use custos_types::{Algorithm, PrivateKey, SignPayload, SignatureFormat};
-use rand_core::{OsRng, RngCore as _};
-use zeroize::Zeroizing;
 
 /// The first bytes of every PSBT (BIP 174).
 pub(crate) const PSBT_MAGIC: &[u8] = b"psbt\xff";
@@ -34,30 +26,50 @@ pub(crate) fn is_utxo(coin: &str) -> bool {
             .is_some_and(|b| UTXO_COINS.contains(&b))
 }
 
-/// A fresh BIP32 master: its `xprv` (zeroized on drop) and `xpub`.
-pub(crate) fn new_master() -> Result<(Zeroizing<String>, String), String> {
-    let mut seed = Zeroizing::new([0u8; 32]);
-    OsRng.fill_bytes(seed.as_mut());
-    let xprv =
-        Xpriv::new_master(bitcoin::NetworkKind::Main, seed.as_ref()).map_err(|e| e.to_string())?;
-    let xpub = Xpub::from_priv(&Secp256k1::new(), &xprv);
-    Ok((Zeroizing::new(xprv.to_string()), xpub.to_string()))
+/// The compressed SEC1 form of a public key given as uncompressed SEC1.
+fn compressed(uncompressed: &[u8]) -> Result<bitcoin::secp256k1::PublicKey, String> {
+    bitcoin::secp256k1::PublicKey::from_slice(uncompressed).map_err(|e| e.to_string())
 }
 
-/// Signs the inputs of `psbt` that belong to the BIP32 master `xprv`; the PSBT with the partial
-/// signatures added.
-pub(crate) fn sign_psbt(xprv: &str, psbt: &[u8]) -> Result<Vec<u8>, String> {
-    let xprv: Xpriv = xprv
-        .trim()
-        .parse()
-        .map_err(|_| "the stored key is not a BIP32 xprv".to_owned())?;
-    let secp = Secp256k1::new();
-    let fingerprint = xprv.fingerprint(&secp);
-    let mut psbt = Psbt::deserialize(psbt).map_err(|e| format!("not a valid PSBT: {e}"))?;
+/// The mainnet `xpub` of a BIP32 master from its public key (uncompressed SEC1) and chain code.
+pub(crate) fn xpub(master: &[u8], chain_code: [u8; 32]) -> Result<String, String> {
+    Ok(Xpub {
+        network: bitcoin::NetworkKind::Main,
+        depth: 0,
+        parent_fingerprint: Fingerprint::default(),
+        child_number: ChildNumber::from_normal_idx(0).map_err(|e| e.to_string())?,
+        public_key: compressed(master)?,
+        chain_code: ChainCode::from(chain_code),
+    }
+    .to_string())
+}
+
+/// The BIP32 fingerprint of a master public key (uncompressed SEC1): the first 4 bytes of its HASH160.
+pub(crate) fn fingerprint(master: &[u8]) -> Result<Fingerprint, String> {
+    let key = bitcoin::PublicKey::new(compressed(master)?);
+    let hash = bitcoin::hashes::hash160::Hash::hash(&key.to_bytes());
+    Ok(Fingerprint::from(
+        <[u8; 4]>::try_from(&hash.to_byte_array()[..4]).map_err(|e| e.to_string())?,
+    ))
+}
+
+/// One signature a PSBT asks of a master: the input, the child key the PSBT names, its path from the
+/// master, and the signature hash to sign.
+#[derive(Debug, Clone)]
+pub(crate) struct Signable {
+    pub index: usize,
+    pub public: bitcoin::secp256k1::PublicKey,
+    pub path: Vec<u32>,
+    pub digest: [u8; 32],
+    pub sighash_type: EcdsaSighashType,
+}
+
+/// Every signature the PSBT asks of the master with `fingerprint`. Taproot inputs are refused.
+pub(crate) fn signables(psbt: &Psbt, fingerprint: Fingerprint) -> Result<Vec<Signable>, String> {
     let tx = psbt.unsigned_tx.clone();
     let mut cache = SighashCache::new(&tx);
-    let mut signed = 0;
-    for (index, input) in psbt.inputs.iter_mut().enumerate() {
+    let mut out = Vec::new();
+    for (index, input) in psbt.inputs.iter().enumerate() {
         let ours: Vec<_> = input
             .bip32_derivation
             .iter()
@@ -65,23 +77,11 @@ pub(crate) fn sign_psbt(xprv: &str, psbt: &[u8]) -> Result<Vec<u8>, String> {
             .map(|(public, (_, path))| (*public, path.clone()))
             .collect();
         for (public, path) in ours {
-            let child = xprv
-                .derive_priv(&secp, &path)
-                .map_err(|e| format!("input {index}: cannot derive {path}: {e}"))?;
-            if child.private_key.public_key(&secp) != public {
-                return Err(format!(
-                    "input {index}: the key derived along {path} is not the one the PSBT names"
-                ));
-            }
             let sighash_type = match input.sighash_type {
                 None => EcdsaSighashType::All,
-                Some(t) => t
-                    .ecdsa_hash_ty()
-                    .map_err(|e| format!("input {index}: {e}"))?,
+                Some(t) => t.ecdsa_hash_ty().map_err(|e| format!("input {index}: {e}"))?,
             };
-            let witness_utxo = input.witness_utxo.as_ref();
-            let digest: [u8; 32] = match (&input.witness_script, witness_utxo, &input.redeem_script)
-            {
+            let digest: [u8; 32] = match (&input.witness_script, input.witness_utxo.as_ref(), &input.redeem_script) {
                 (Some(script), Some(utxo), _) => cache
                     .p2wsh_signature_hash(index, script, utxo.value, sighash_type)
                     .map_err(|e| format!("input {index}: {e}"))?
@@ -101,33 +101,33 @@ pub(crate) fn sign_psbt(xprv: &str, psbt: &[u8]) -> Result<Vec<u8>, String> {
                     ))
                 }
             };
-            let secret = Zeroizing::new(child.private_key.secret_bytes());
-            let key = PrivateKey::from_secret(Algorithm::Secp256k1, secret.as_ref())
-                .map_err(|e| e.to_string())?;
-            let payload = SignPayload::Digest(digest);
-            let raw = key.sign(&payload).map_err(|e| e.to_string())?;
-            let signature = key
-                .public_key()
-                .verify(&payload, &raw, SignatureFormat::Raw)
-                .map_err(|e| e.to_string())?;
-            let der = signature
-                .encode(SignatureFormat::Der)
-                .map_err(|e| e.to_string())?;
-            let signature = bitcoin::ecdsa::Signature {
-                signature: bitcoin::secp256k1::ecdsa::Signature::from_der(&der)
-                    .map_err(|e| e.to_string())?,
+            out.push(Signable {
+                index,
+                public,
+                path: path.into_iter().map(|c| u32::from(*c)).collect(),
+                digest,
                 sighash_type,
-            };
-            input
-                .partial_sigs
-                .insert(bitcoin::PublicKey::new(public), signature);
-            signed += 1;
+            });
         }
     }
-    if signed == 0 {
+    if out.is_empty() {
         return Err("no input of the PSBT names this key in its BIP32 derivations".into());
     }
-    Ok(psbt.serialize())
+    Ok(out)
+}
+
+/// Adds a partial signature (DER, already verified under `signable.public`) to its input.
+pub(crate) fn add_signature(psbt: &mut Psbt, signable: &Signable, der: &[u8]) -> Result<(), String> {
+    let signature = bitcoin::ecdsa::Signature {
+        signature: bitcoin::secp256k1::ecdsa::Signature::from_der(der).map_err(|e| e.to_string())?,
+        sighash_type: signable.sighash_type,
+    };
+    psbt.inputs
+        .get_mut(signable.index)
+        .ok_or("input index")?
+        .partial_sigs
+        .insert(bitcoin::PublicKey::new(signable.public), signature);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -135,12 +135,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn utxo_coins_and_masters() {
+    fn utxo_coins() {
         assert!(is_utxo("btc") && is_utxo("tbtc") && is_utxo("tbtc4") && is_utxo("ltc"));
         assert!(!is_utxo("eth") && !is_utxo("hteth") && !is_utxo("sol") && !is_utxo("tsol"));
-        let (xprv, xpub) = new_master().unwrap();
-        assert!(xprv.starts_with("xprv") && xpub.starts_with("xpub"));
-        assert!(sign_psbt(&xprv, b"not a psbt").is_err());
-        assert!(sign_psbt("nope", b"psbt\xff").is_err());
+    }
+
+    /// Known answer: BIP32 test vector 1's master public key and chain code give its `xpub` and
+    /// fingerprint 3442193e.
+    #[test]
+    fn xpub_and_fingerprint_match_bip32_test_vector_1() {
+        let xpub_text = "xpub661MyMwAqRbcFtXgS5sYJABqqG9YLmC4Q1Rdap9gSE8NqtwybGhePY2gZ29ESFjqJoCu1Rupje8YtGqsefD265TMg7usUDFdp6W1EGMcet8";
+        let parsed: Xpub = xpub_text.parse().unwrap();
+        let uncompressed = parsed.public_key.serialize_uncompressed();
+        assert_eq!(xpub(&uncompressed, parsed.chain_code.to_bytes()).unwrap(), xpub_text);
+        assert_eq!(fingerprint(&uncompressed).unwrap().to_string(), "3442193e");
+        assert!(signables(&Psbt::deserialize(&[]).unwrap_or_else(|_| empty_psbt()), Fingerprint::default()).is_err());
+    }
+
+    fn empty_psbt() -> Psbt {
+        Psbt::from_unsigned_tx(bitcoin::Transaction {
+            version: bitcoin::transaction::Version::TWO,
+            lock_time: bitcoin::absolute::LockTime::ZERO,
+            input: vec![],
+            output: vec![],
+        })
+        .unwrap()
     }
 }
