@@ -10,6 +10,7 @@ macro_rules! out {
 
 mod client;
 mod config;
+mod convert;
 mod server;
 
 use std::io::Read as _;
@@ -104,10 +105,34 @@ enum Command {
     /// Query, export and verify the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Work with configuration files: convert another key manager's configuration to Custos TOML.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// IBM Hyper Protect Virtual Servers: make a contract, decrypt hyper-protect-basic blobs.
     #[cfg(feature = "hpvs")]
     #[command(subcommand)]
     Hpvs(HpvsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the Custos TOML equivalent of a sequencer key-manager JSON file.
+    ///
+    /// Reads the HSM integration guide's format: `{"keyManager": {...}}` or
+    /// `{"sequencer": {"keyManager": {...}}}` with `type` aws-cloudhsm (becomes a pkcs11 provider on
+    /// CloudHSM's PKCS#11 library), yubihsm (a yubihsm provider) or local (the soft provider), and the
+    /// `failover`, `keyRotation` and `maxCacheSize` settings. The TOML goes to standard output; every
+    /// field that cannot be mapped, and why, and the steps to take (the PIN or password to put in an
+    /// environment variable, the `custos key create ... --adopt` and `custos key rotation` commands to run
+    /// once the server is up) go to standard error. Passwords are never copied: the TOML holds secret
+    /// references. Exits 2 when the file is unreadable, not JSON, names an unknown type, or lacks a
+    /// required field (the message names the field).
+    ///
+    /// Example: custos config convert keymanager.json > custos.toml
+    Convert {
+        /// The key-manager JSON file.
+        file: PathBuf,
+    },
 }
 
 #[cfg(feature = "hpvs")]
@@ -439,6 +464,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Key(command) => key(command).await?,
         Command::Audit(command) => return audit(command).await,
+        Command::Config(ConfigCommand::Convert { file }) => return convert::run(&file),
         #[cfg(feature = "hpvs")]
         Command::Hpvs(command) => hpvs(command)?,
         Command::Token(TokenCommand::List { conn }) => {

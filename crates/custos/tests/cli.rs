@@ -1208,3 +1208,54 @@ fn pin_digest_rewrites_the_compose_file() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+#[test]
+fn config_convert_prints_toml_and_notes_and_refuses_bad_files_with_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("keymanager.json");
+    std::fs::write(
+        &good,
+        r#"{"keyManager": {"type": "aws-cloudhsm", "config": {"clusterEndpoint": "10.0.1.23",
+            "username": "sequencer-user", "password": "Unique-PW-42", "keyHandle": "seq-key",
+            "region": "us-east-1"}}}"#,
+    )
+    .unwrap();
+    let out = custos(&["config", "convert", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("type = \"pkcs11\""), "{stdout}");
+    assert!(
+        stdout.contains("pin = { env = \"CUSTOS_CLOUDHSM_PIN\" }"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("--provider cloudhsm --adopt label:seq-key"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("keyManager.config.region"), "{stderr}");
+    assert!(!text(&out).contains("Unique-PW-42"));
+
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"keyManager": {"type": "aws-cloudhsm", "config": {"keyHandle": "k"}}}"#,
+    )
+    .unwrap();
+    let out = custos(&["config", "convert", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("keyManager.config.username is missing"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(&bad, "{\"keyManager\": ").unwrap();
+    let out = custos(&["config", "convert", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
