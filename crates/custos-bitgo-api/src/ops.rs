@@ -300,6 +300,8 @@ pub async fn sign(
     api.keys().authorize(&ctx, op, "sign").await?;
     let request: requests::Sign = parse(&body)?;
     non_empty("pub", &request.public)?;
+    // An unknown key is 404 before anything about the payload is judged, as the spec orders it.
+    let stored = record(&api, &ctx, op, request.source, &request.public).await?;
     let wanted = match request.algorithm.as_str() {
         "ecdsa" => Algorithm::Secp256k1,
         "eddsa" => Algorithm::Ed25519,
@@ -313,7 +315,6 @@ pub async fn sign(
     if payload.is_empty() {
         return Err(BitgoError::bad("signablePayload must not be empty"));
     }
-    let stored = record(&api, &ctx, op, request.source, &request.public).await?;
     let context = seal_context(request.source, &request.public);
     if payload.starts_with(crate::utxo::PSBT_MAGIC) {
         if wanted != Algorithm::Secp256k1 {

@@ -81,11 +81,33 @@ impl Client {
         serde_json::from_slice(&bytes).context("the server's answer is not what this CLI expects")
     }
 
+    /// A GET with query parameters (encoded by reqwest).
+    pub async fn get_query<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> anyhow::Result<R> {
+        let bytes = self
+            .send_with(Method::GET, path, None::<&()>, Some(query))
+            .await?;
+        serde_json::from_slice(&bytes).context("the server's answer is not what this CLI expects")
+    }
+
     async fn send<B: Serialize>(
         &self,
         method: Method,
         path: &str,
         body: Option<&B>,
+    ) -> anyhow::Result<Vec<u8>> {
+        self.send_with(method, path, body, None::<&()>).await
+    }
+
+    async fn send_with<B: Serialize, Q: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        query: Option<&Q>,
     ) -> anyhow::Result<Vec<u8>> {
         let Some(token) = &self.token else {
             bail!(
@@ -96,6 +118,9 @@ impl Client {
             .http
             .request(method, format!("{}{path}", self.addr))
             .bearer_auth(token);
+        if let Some(query) = query {
+            request = request.query(query);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use custos_provider_soft::KdfParams;
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -41,98 +40,40 @@ impl SecretRef {
     }
 }
 
-/// One configured key provider.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-pub enum ProviderConfig {
-    /// The software keystore, sealed with the master password.
-    Soft {
-        /// The instance name.
-        name: String,
-        /// Argon2id cost for a new keystore.
-        #[serde(default)]
-        kdf: Option<KdfParams>,
-    },
-    /// A PKCS#11 token (an HSM, or SoftHSM2 for development).
-    Pkcs11 {
-        /// The instance name.
-        name: String,
-        /// The PKCS#11 module (shared library).
-        module: PathBuf,
-        /// The token's label (recommended), or `slot`.
-        #[serde(default)]
-        token_label: Option<String>,
-        /// The slot id, when the token has no stable label.
-        #[serde(default)]
-        slot: Option<u64>,
-        /// The user PIN, as a secret reference.
-        pin: SecretRef,
-        /// The most concurrent sessions (default 4).
-        #[serde(default)]
-        sessions: Option<usize>,
-    },
-    /// A YubiHSM2 behind `yubihsm-connector`.
-    Yubihsm {
-        /// The instance name.
-        name: String,
-        /// The connector's URL (default `http://127.0.0.1:12345`).
-        #[serde(default = "default_yubihsm_connector")]
-        connector: String,
-        /// The authentication key's object id.
-        auth_key_id: u16,
-        /// The authentication key's password, as a secret reference.
-        password: SecretRef,
-        /// The domain new keys belong to (1-16; default 1).
-        #[serde(default = "default_yubihsm_domain")]
-        domain: u8,
-    },
-    /// AWS KMS, with credentials from the standard AWS chain (environment, profile, instance role).
-    Awskms {
-        /// The instance name.
-        name: String,
-        /// The region (default: from the AWS chain).
-        #[serde(default)]
-        region: Option<String>,
-        /// An endpoint override (a VPC endpoint, or an emulator).
-        #[serde(default)]
-        endpoint: Option<String>,
-        /// Request limits.
-        #[serde(default)]
-        limits: KmsLimitsConfig,
-    },
+/// One configured key provider: its `type` (which provider factory builds it), its `name`, and the rest
+/// of its table, which that factory reads (each refuses fields it does not know; see `providers`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    /// The provider family (`soft`, `pkcs11`, `yubihsm`, `awskms`).
+    pub kind: String,
+    /// The instance name.
+    pub name: String,
+    /// Everything else in its table.
+    pub settings: toml::Table,
 }
 
-/// AWS KMS limits in the config; unset fields keep the provider's defaults.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct KmsLimitsConfig {
-    /// Sustained requests per second (keep below the account's KMS quota).
-    pub requests_per_second: Option<u32>,
-    /// Requests allowed at once above the sustained rate.
-    pub burst: Option<u32>,
-    /// Requests in flight at once.
-    pub max_concurrency: Option<usize>,
-    /// Milliseconds a request may wait for its turn before failing as throttled.
-    pub max_wait_ms: Option<u64>,
-    /// Attempts per request (throttling and transient errors are retried with backoff).
-    pub max_attempts: Option<u32>,
-}
-
-fn default_yubihsm_connector() -> String {
-    "http://127.0.0.1:12345".into()
-}
-fn default_yubihsm_domain() -> u8 {
-    1
+impl<'de> Deserialize<'de> for ProviderConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut settings = toml::Table::deserialize(deserializer)?;
+        let mut take = |field: &str| match settings.remove(field) {
+            Some(toml::Value::String(text)) => Ok(text),
+            Some(_) => Err(D::Error::custom(format!("a provider's `{field}` is a string"))),
+            None => Err(D::Error::custom(format!("a provider needs `{field}`"))),
+        };
+        let kind = take("type")?;
+        let name = take("name")?;
+        crate::providers::check(&kind, &settings).map_err(|e| {
+            D::Error::custom(format!("provider {name:?} (type {kind:?}): {e:#}"))
+        })?;
+        Ok(ProviderConfig { kind, name, settings })
+    }
 }
 
 impl ProviderConfig {
+    /// The instance name.
     pub fn name(&self) -> &str {
-        match self {
-            ProviderConfig::Soft { name, .. }
-            | ProviderConfig::Pkcs11 { name, .. }
-            | ProviderConfig::Yubihsm { name, .. }
-            | ProviderConfig::Awskms { name, .. } => name,
-        }
+        &self.name
     }
 }
 
@@ -176,6 +117,10 @@ pub struct Config {
     pub max_message_bytes: usize,
     #[serde(default = "default_max_batch")]
     pub max_batch_items: usize,
+    /// How far above a key's last signed sequence one request may go (the equivocation guard);
+    /// larger jumps get 409 `sequence_too_far`.
+    #[serde(default = "default_max_sequence_jump")]
+    pub max_sequence_jump: u64,
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent_requests: usize,
     #[serde(default = "default_request_timeout")]
@@ -374,9 +319,10 @@ fn default_password() -> SecretRef {
     SecretRef::Env("CUSTOS_MASTER_PASSWORD".into())
 }
 fn default_providers() -> Vec<ProviderConfig> {
-    vec![ProviderConfig::Soft {
+    vec![ProviderConfig {
+        kind: "soft".into(),
         name: "soft".into(),
-        kdf: None,
+        settings: toml::Table::new(),
     }]
 }
 fn default_max_body() -> usize {
@@ -388,11 +334,14 @@ fn default_max_message() -> usize {
 fn default_max_batch() -> usize {
     1000
 }
+fn default_max_sequence_jump() -> u64 {
+    custos_core::DEFAULT_MAX_SEQUENCE_JUMP
+}
 
 impl Default for Config {
+    #[expect(clippy::expect_used, reason = "the empty document takes every default, which parse")]
     fn default() -> Self {
-        // An empty document takes every default.
-        toml::from_str("").unwrap_or_else(|_| unreachable!("the empty config parses"))
+        toml::from_str("").expect("the empty config parses")
     }
 }
 
@@ -464,9 +413,8 @@ mod tests {
             password = { file = "/run/secrets/yubihsm" }
         "#;
         let config: Config = toml::from_str(text).unwrap();
-        assert!(
-            matches!(&config.providers[0], ProviderConfig::Yubihsm { connector, domain: 1, .. } if connector == "http://127.0.0.1:12345")
-        );
+        assert_eq!(config.providers[0].kind, "yubihsm");
+        assert_eq!(config.providers[0].settings["auth_key_id"].as_integer(), Some(1));
     }
 
     #[test]

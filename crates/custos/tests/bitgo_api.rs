@@ -140,7 +140,7 @@ assert r.status_code == 401 and "message" in r.json(), r.text
 
 # The retrieval is audited, and the audit log never holds the private key.
 audit = requests.get(os.environ["ROOT_URL"] + "/v1/audit/export", headers={"Authorization": "Bearer " + root}).text
-assert "bitgo_get_key" in audit and "bitgo_store_key" in audit
+assert "client_key_retrieve" in audit and "client_key_store" in audit
 assert prv_hex not in audit
 print("flows ok")
 "#;
