@@ -27,8 +27,8 @@ use custos_core::{
     Access, AuditConfig, AuditLog, KeyManager, Limits, Metrics, RequestContext, Scope, SignInput,
     SignRequest,
 };
+use custos_http::{AppState, HttpOptions};
 use custos_provider_soft::{KdfParams, SoftProvider};
-use custos_server::{AppState, HttpOptions};
 use custos_store::{SqliteStore, Store};
 use custos_types::{Algorithm, KeyName, ProviderName};
 use ed25519_dalek::Signer as _;
@@ -254,20 +254,31 @@ pub(crate) async fn start_server(
     let mut all = vec![soft];
     all.extend(providers);
     let keys = Arc::new(
-        KeyManager::load(
+        KeyManager::open(
             Arc::clone(&store),
             all,
             ProviderName::new("soft")?,
-            limits,
             Arc::clone(&audit),
             metrics,
+            custos_core::Settings {
+                limits,
+                // Every request here signs the same message: measure signing, not the signature
+                // cache (`--mode sign-path` measures the cache).
+                cache_size: 0,
+                ..custos_core::Settings::default()
+            },
         )
-        .await?
-        // Every request here signs the same message: measure signing, not the signature cache
-        // (`--mode sign-path` measures the cache).
-        .with_cache(0),
+        .await?,
     );
-    let access = Arc::new(Access::load(Arc::clone(&store), audit).await?);
+    let access = Arc::new(
+        Access::load(
+            Arc::clone(&store),
+            audit,
+            custos_core::Scopes::default(),
+            Arc::new(custos_core::SystemClock),
+        )
+        .await?,
+    );
     let credential = access
         .issue_aws(
             &RequestContext::system("bench"),
@@ -285,19 +296,18 @@ pub(crate) async fn start_server(
     let kms = custos_kms_api::router(custos_kms_api::KmsApi::new(
         Arc::clone(&keys),
         Arc::clone(&access),
-        store,
-        Arc::clone(keys.default_provider()),
         "us-east-1".into(),
         "000000000000".into(),
     ));
-    let app = custos_server::router_with(
-        AppState::new(Arc::clone(&keys), access),
+    let state = AppState::new(Arc::clone(&keys), access);
+    let app = custos_http::app(
+        state.clone(),
         HttpOptions::default(),
-        kms,
+        [custos_server::routes(state), kms],
     );
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    tokio::spawn(custos_server::serve(
+    tokio::spawn(custos_http::serve(
         listener,
         app,
         None,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use custos_core::{
-    AuditConfig, AuditLog, FailoverConfig, KeyManager, Limits, Metrics, RequestContext, SignInput,
+    AuditConfig, AuditLog, FailoverConfig, KeyManager, Metrics, RequestContext, SignInput,
     SignRequest,
 };
 use custos_provider::fault::{Fault, FaultyProvider};
@@ -71,20 +71,22 @@ async fn rig(cache: usize, failover: FailoverConfig) -> anyhow::Result<Rig> {
         Arc::clone(&metrics),
     )
     .await?;
-    let km = KeyManager::load(
+    let km = KeyManager::open(
         store,
         vec![primary.clone(), secondary],
         ProviderName::new("primary")?,
-        Limits::default(),
         audit,
         metrics,
+        custos_core::Settings {
+            failover,
+            emergency_provider: Some(Arc::new(MemoryProvider::new(ProviderName::new(
+                "emergency",
+            )?))),
+            cache_size: cache,
+            ..custos_core::Settings::default()
+        },
     )
-    .await?
-    .with_failover(
-        failover,
-        Arc::new(MemoryProvider::new(ProviderName::new("emergency")?)),
-    )
-    .with_cache(cache);
+    .await?;
     Ok(Rig {
         km: Arc::new(km),
         primary,

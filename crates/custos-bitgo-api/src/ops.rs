@@ -6,7 +6,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use custos_core::{ClientKeyFormat, NewClientKey, Operation, RequestContext, SignInput, SignRequest};
+use custos_core::{
+    ClientKeyFormat, NewClientKey, Operation, RequestContext, SignInput, SignRequest,
+};
 use custos_http::{ApiError, Auth};
 use custos_types::{Algorithm, ClientKeyRecord, ErrorCode, PublicKey};
 use rand_core::{OsRng, RngCore as _};
@@ -193,7 +195,9 @@ pub async fn get_key(
 ) -> Answer {
     let ctx = authenticated(auth)?;
     let op = Operation::Extension(&BITGO_RETRIEVE);
-    api.keys().authorize(&ctx, op, "client_key_retrieve").await?;
+    api.keys()
+        .authorize(&ctx, op, "client_key_retrieve")
+        .await?;
     let Query(query) = query.map_err(|_| {
         BitgoError::bad("the query parameter source is required and is one of [user, backup]")
     })?;
@@ -216,8 +220,11 @@ pub async fn get_key(
             ErrorCode::NotSupported => not_found(&public, query.source),
             _ => e.into(),
         })?;
-    let prv = String::from_utf8(prv.to_vec())
-        .map_err(|_| BitgoError::from(custos_core::CoreError::Internal("a stored key is not text".into())))?;
+    let prv = String::from_utf8(prv.to_vec()).map_err(|_| {
+        BitgoError::from(custos_core::CoreError::Internal(
+            "a stored key is not text".into(),
+        ))
+    })?;
     Ok(Json(json!({
         "prv": prv,
         "pub": stored.id,
@@ -334,16 +341,30 @@ pub async fn sign(
         let master = key
             .current()
             .map(|v| v.public_key.as_bytes().to_vec())
-            .ok_or_else(|| BitgoError::from(custos_core::CoreError::Internal("no current version".into())))?;
+            .ok_or_else(|| {
+                BitgoError::from(custos_core::CoreError::Internal(
+                    "no current version".into(),
+                ))
+            })?;
         let fingerprint = crate::utxo::fingerprint(&master).map_err(BitgoError::bad)?;
         let mut psbt = bitcoin::psbt::Psbt::deserialize(&payload)
             .map_err(|e| BitgoError::bad(format!("not a valid PSBT: {e}")))?;
         for signable in crate::utxo::signables(&psbt, fingerprint).map_err(BitgoError::bad)? {
-            let expected = PublicKey::from_bytes(Algorithm::Secp256k1, &signable.public.serialize_uncompressed())
-                .map_err(custos_core::CoreError::from)?;
+            let expected = PublicKey::from_bytes(
+                Algorithm::Secp256k1,
+                &signable.public.serialize_uncompressed(),
+            )
+            .map_err(custos_core::CoreError::from)?;
             let signature = api
                 .keys()
-                .sign_derived(&ctx, op, &key.name, &signable.path, &signable.digest, &expected)
+                .sign_derived(
+                    &ctx,
+                    op,
+                    &key.name,
+                    &signable.path,
+                    &signable.digest,
+                    &expected,
+                )
                 .await
                 .map_err(|e| match e.code() {
                     ErrorCode::InvalidPublicKey => BitgoError::bad(format!(
@@ -403,7 +424,9 @@ pub async fn generate_data_key(
 ) -> Answer {
     let ctx = authenticated(auth)?;
     let op = Operation::Extension(&BITGO);
-    api.keys().authorize(&ctx, op, "bitgo_generate_data_key").await?;
+    api.keys()
+        .authorize(&ctx, op, "bitgo_generate_data_key")
+        .await?;
     let request: requests::DataKey = parse(&body)?;
     // AES-256: 32 random bytes. RSA-2048 and ECDSA-P256: a fresh private key as PKCS#8 DER.
     let key: zeroize::Zeroizing<Vec<u8>> = match request.key_type.as_str() {
@@ -421,9 +444,11 @@ pub async fn generate_data_key(
         }
         "RSA-2048" => tokio::task::spawn_blocking(|| {
             use aws_lc_rs::encoding::AsDer as _;
-            let key = aws_lc_rs::rsa::PrivateDecryptingKey::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
-                .map_err(|e| e.to_string())?;
-            let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> = key.as_der().map_err(|e| e.to_string())?;
+            let key =
+                aws_lc_rs::rsa::PrivateDecryptingKey::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                    .map_err(|e| e.to_string())?;
+            let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> =
+                key.as_der().map_err(|e| e.to_string())?;
             Ok::<_, String>(zeroize::Zeroizing::new(der.as_ref().to_vec()))
         })
         .await
@@ -461,7 +486,9 @@ pub async fn decrypt_data_key(
 ) -> Answer {
     let ctx = authenticated(auth)?;
     let op = Operation::Extension(&BITGO);
-    api.keys().authorize(&ctx, op, "bitgo_decrypt_data_key").await?;
+    api.keys()
+        .authorize(&ctx, op, "bitgo_decrypt_data_key")
+        .await?;
     let request: requests::DecryptDataKey = parse(&body)?;
     let not_ours = || {
         BitgoError::new(
@@ -472,7 +499,13 @@ pub async fn decrypt_data_key(
     let sealed = parse_byte_list(&request.encrypted_key).ok_or_else(not_ours)?;
     let key = api
         .keys()
-        .unseal_secret(&ctx, op, "bitgo_decrypt_data_key", DATA_KEY_CONTEXT, &sealed)
+        .unseal_secret(
+            &ctx,
+            op,
+            "bitgo_decrypt_data_key",
+            DATA_KEY_CONTEXT,
+            &sealed,
+        )
         .await
         .map_err(|e| match e.code() {
             ErrorCode::InvalidPayload => not_ours(),
@@ -491,8 +524,14 @@ mod tests {
         assert_eq!(algorithm_for("tsol"), Algorithm::Ed25519);
         assert_eq!(algorithm_for("eth"), Algorithm::Secp256k1);
         assert_eq!(format_for("btc", "xprv9s21..."), ClientKeyFormat::Xprv);
-        assert_eq!(format_for("btc", "ab"), ClientKeyFormat::Hex(Algorithm::Secp256k1));
-        assert_eq!(format_for("eth", "xprv"), ClientKeyFormat::Hex(Algorithm::Secp256k1));
+        assert_eq!(
+            format_for("btc", "ab"),
+            ClientKeyFormat::Hex(Algorithm::Secp256k1)
+        );
+        assert_eq!(
+            format_for("eth", "xprv"),
+            ClientKeyFormat::Hex(Algorithm::Secp256k1)
+        );
         assert_eq!(parse_byte_list("1, 2,3"), Some(vec![1, 2, 3]));
         assert_eq!(parse_byte_list("1,x"), None);
         assert_eq!(byte_list(&[0, 255]), "0,255");

@@ -114,14 +114,23 @@ mod tests {
             r#"{"pub":"xpub1","source":"backup","signablePayload":"00","algorithm":"ecdsa"}"#,
         )
         .unwrap();
-        assert_eq!((sign.source, sign.public.as_str()), (Source::Backup, "xpub1"));
-        assert!(serde_json::from_str::<Sign>(r#"{"pub":"x","source":"other","signablePayload":"","algorithm":"e"}"#).is_err());
+        assert_eq!(
+            (sign.source, sign.public.as_str()),
+            (Source::Backup, "xpub1")
+        );
+        assert!(serde_json::from_str::<Sign>(
+            r#"{"pub":"x","source":"other","signablePayload":"","algorithm":"e"}"#
+        )
+        .is_err());
         let store: StoreKey = serde_json::from_str(
             r#"{"prv":"p","pub":"q","coin":"btc","source":"user","type":"tss"}"#,
         )
         .unwrap();
         assert_eq!(store.kind, KeyType::Tss);
         assert_eq!(Source::User.namespace(), "bitgo:user");
-        assert_eq!(KeyType::parse(KeyType::Independent.as_str()), Some(KeyType::Independent));
+        assert_eq!(
+            KeyType::parse(KeyType::Independent.as_str()),
+            Some(KeyType::Independent)
+        );
     }
 }

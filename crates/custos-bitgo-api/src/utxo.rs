@@ -79,9 +79,15 @@ pub(crate) fn signables(psbt: &Psbt, fingerprint: Fingerprint) -> Result<Vec<Sig
         for (public, path) in ours {
             let sighash_type = match input.sighash_type {
                 None => EcdsaSighashType::All,
-                Some(t) => t.ecdsa_hash_ty().map_err(|e| format!("input {index}: {e}"))?,
+                Some(t) => t
+                    .ecdsa_hash_ty()
+                    .map_err(|e| format!("input {index}: {e}"))?,
             };
-            let digest: [u8; 32] = match (&input.witness_script, input.witness_utxo.as_ref(), &input.redeem_script) {
+            let digest: [u8; 32] = match (
+                &input.witness_script,
+                input.witness_utxo.as_ref(),
+                &input.redeem_script,
+            ) {
                 (Some(script), Some(utxo), _) => cache
                     .p2wsh_signature_hash(index, script, utxo.value, sighash_type)
                     .map_err(|e| format!("input {index}: {e}"))?
@@ -117,9 +123,14 @@ pub(crate) fn signables(psbt: &Psbt, fingerprint: Fingerprint) -> Result<Vec<Sig
 }
 
 /// Adds a partial signature (DER, already verified under `signable.public`) to its input.
-pub(crate) fn add_signature(psbt: &mut Psbt, signable: &Signable, der: &[u8]) -> Result<(), String> {
+pub(crate) fn add_signature(
+    psbt: &mut Psbt,
+    signable: &Signable,
+    der: &[u8],
+) -> Result<(), String> {
     let signature = bitcoin::ecdsa::Signature {
-        signature: bitcoin::secp256k1::ecdsa::Signature::from_der(der).map_err(|e| e.to_string())?,
+        signature: bitcoin::secp256k1::ecdsa::Signature::from_der(der)
+            .map_err(|e| e.to_string())?,
         sighash_type: signable.sighash_type,
     };
     psbt.inputs
@@ -147,9 +158,16 @@ mod tests {
         let xpub_text = "xpub661MyMwAqRbcFtXgS5sYJABqqG9YLmC4Q1Rdap9gSE8NqtwybGhePY2gZ29ESFjqJoCu1Rupje8YtGqsefD265TMg7usUDFdp6W1EGMcet8";
         let parsed: Xpub = xpub_text.parse().unwrap();
         let uncompressed = parsed.public_key.serialize_uncompressed();
-        assert_eq!(xpub(&uncompressed, parsed.chain_code.to_bytes()).unwrap(), xpub_text);
+        assert_eq!(
+            xpub(&uncompressed, parsed.chain_code.to_bytes()).unwrap(),
+            xpub_text
+        );
         assert_eq!(fingerprint(&uncompressed).unwrap().to_string(), "3442193e");
-        assert!(signables(&Psbt::deserialize(&[]).unwrap_or_else(|_| empty_psbt()), Fingerprint::default()).is_err());
+        assert!(signables(
+            &Psbt::deserialize(&[]).unwrap_or_else(|_| empty_psbt()),
+            Fingerprint::default()
+        )
+        .is_err());
     }
 
     fn empty_psbt() -> Psbt {

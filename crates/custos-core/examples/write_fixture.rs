@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use custos_core::{
-    AuditConfig, AuditLog, KeyManager, Metrics, Settings, RequestContext, SignInput, SignRequest,
+    AuditConfig, AuditLog, KeyManager, Metrics, RequestContext, Settings, SignInput, SignRequest,
 };
 use custos_provider::KeyProvider;
 use custos_provider_soft::{KdfParams, SoftProvider};

@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use custos_audit::AuditQuery;
 use custos_audit::{payload_mac, AuditEntry, AuditRecord, Checkpoint, ExportLine, Head};
 use custos_provider::KeyProvider;
-use custos_audit::AuditQuery;
 use custos_store::Store;
 use custos_types::{Algorithm, KeyHandle, PublicKey, SignPayload, SignatureFormat, Timestamp};
 use rand_core::{OsRng, RngCore as _};

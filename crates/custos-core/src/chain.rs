@@ -12,7 +12,9 @@ use custos_types::{
 };
 
 use crate::failover::{CircuitView, Circuits};
-use crate::{AuditLog, CoreError, Event, Events, FailoverConfig, Metrics, RequestContext, SignOutcome};
+use crate::{
+    AuditLog, CoreError, Event, Events, FailoverConfig, Metrics, RequestContext, SignOutcome,
+};
 
 /// Why no provider of a chain signed.
 #[derive(Debug)]
@@ -188,7 +190,10 @@ impl ProviderChain {
                     provider = %location.provider, attempt, ok = signed.is_ok(),
                     elapsed_us = elapsed.as_micros() as u64, "provider sign call");
                 let err = match signed {
-                    Ok(raw) => match version.public_key.verify(payload, &raw, SignatureFormat::Raw) {
+                    Ok(raw) => match version
+                        .public_key
+                        .verify(payload, &raw, SignatureFormat::Raw)
+                    {
                         Ok(signature) => {
                             self.circuits.success(&location.provider, &self.metrics);
                             self.note_position(key, position, &location.provider).await;
@@ -228,9 +233,9 @@ impl ProviderChain {
                 };
                 tracing::warn!(key = %key.name, provider = %location.provider, attempt, error = %err,
                     "provider failed");
-                let open = self
-                    .circuits
-                    .failure(&location.provider, &err.to_string(), &self.metrics);
+                let open =
+                    self.circuits
+                        .failure(&location.provider, &err.to_string(), &self.metrics);
                 last = Some(err.into());
                 if open {
                     break;

@@ -66,7 +66,11 @@ impl EmergencyPolicy {
     pub const NAME: &'static str = "emergency";
 
     /// The restrictions of `config`, counted in `store`.
-    pub fn new(config: EmergencyConfig, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> EmergencyPolicy {
+    pub fn new(
+        config: EmergencyConfig,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> EmergencyPolicy {
         EmergencyPolicy {
             config,
             store,
@@ -178,7 +182,10 @@ impl Emergency {
                 (made.handle, made.public_key)
             }
         };
-        let raw = self.provider.sign(&handle, key.algorithm, input.payload).await?;
+        let raw = self
+            .provider
+            .sign(&handle, key.algorithm, input.payload)
+            .await?;
         let signature = public_key.verify(input.payload, &raw, SignatureFormat::Raw)?;
         let hex_key = hex::encode(public_key.as_bytes());
         if !state.public_keys.contains(&hex_key) {

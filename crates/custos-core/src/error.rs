@@ -219,7 +219,9 @@ impl From<ProviderError> for CoreError {
                     ErrorCode::UnsupportedAlgorithm,
                     format!("the provider does not support {alg}"),
                 ),
-                ProviderError::InvalidPayload(why) => CoreError::bad(ErrorCode::InvalidPayload, why),
+                ProviderError::InvalidPayload(why) => {
+                    CoreError::bad(ErrorCode::InvalidPayload, why)
+                }
                 ProviderError::NotSupported(why) => CoreError::bad(ErrorCode::NotSupported, why),
                 other => CoreError::Internal(other.to_string()),
             }

@@ -164,9 +164,10 @@ impl Guard {
         let version = key
             .version(mark.version)
             .ok_or_else(|| CoreError::Internal("watermark names a missing version".into()))?;
-        let signature = version
-            .public_key
-            .verify(payload, &mark.signature, SignatureFormat::Raw)?;
+        let signature =
+            version
+                .public_key
+                .verify(payload, &mark.signature, SignatureFormat::Raw)?;
         Ok(SignOutcome {
             version: mark.version,
             provider: mark.provider,

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use custos_provider::{Bip32Key, GeneratedKey, ProviderError};
 use custos_store::{Store, StoreError};
 use custos_types::{
-    Algorithm, ErrorCode, KeyKind, KeyName, KeyRecord, KeyState, KeyVersion, Location,
-    PrivateKey, ProviderName, VersionRecord, VersionState,
+    Algorithm, ErrorCode, KeyKind, KeyName, KeyRecord, KeyState, KeyVersion, Location, PrivateKey,
+    ProviderName, VersionRecord, VersionState,
 };
 
 use crate::chain::ProviderChain;
@@ -111,7 +111,12 @@ impl Lifecycle {
             .ok_or_else(|| CoreError::Unavailable(format!("provider {name} is not configured")))
     }
 
-    fn version(&self, version: KeyVersion, made: GeneratedKey, provider: &ProviderName) -> VersionRecord {
+    fn version(
+        &self,
+        version: KeyVersion,
+        made: GeneratedKey,
+        provider: &ProviderName,
+    ) -> VersionRecord {
         VersionRecord {
             version,
             state: VersionState::Current,
@@ -211,7 +216,9 @@ impl Lifecycle {
                     .import(key, &format!("custos:{name}:v1"))
                     .await
                     .map_err(|e| match e {
-                        ProviderError::NotSupported(why) => CoreError::bad(ErrorCode::NotSupported, why),
+                        ProviderError::NotSupported(why) => {
+                            CoreError::bad(ErrorCode::NotSupported, why)
+                        }
                         other => other.into(),
                     })?;
                 if imported.public_key != key.public_key() {
@@ -274,7 +281,11 @@ impl Lifecycle {
         let label = format!("custos:{name}:v1");
         let Bip32Key { key, chain_code } = match sealed_xprv {
             None => provider.generate_bip32(&label).await?,
-            Some((sealed, context)) => provider.import_sealed_bip32(sealed, context, &label).await?,
+            Some((sealed, context)) => {
+                provider
+                    .import_sealed_bip32(sealed, context, &label)
+                    .await?
+            }
         };
         let first = self.version(KeyVersion::FIRST, key, &provider_name);
         let mut record = KeyRecord::new(
@@ -305,7 +316,13 @@ impl Lifecycle {
             .import_sealed(sealed, context, algorithm, &format!("custos:{name}:v1"))
             .await?;
         let first = self.version(KeyVersion::FIRST, imported, &provider_name);
-        let record = KeyRecord::new(name, algorithm, vec![provider_name], self.clock.now(), vec![first]);
+        let record = KeyRecord::new(
+            name,
+            algorithm,
+            vec![provider_name],
+            self.clock.now(),
+            vec![first],
+        );
         self.register(record).await
     }
 
@@ -352,7 +369,13 @@ impl Lifecycle {
             ));
         }
         let first = self.version(KeyVersion::FIRST, imported, &provider_name);
-        Ok(KeyRecord::new(name, key.algorithm(), chain, self.clock.now(), vec![first]))
+        Ok(KeyRecord::new(
+            name,
+            key.algorithm(),
+            chain,
+            self.clock.now(),
+            vec![first],
+        ))
     }
 
     /// Sets a key's state (every transition the caller allowed), in the store and the registry.

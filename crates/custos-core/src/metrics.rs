@@ -67,7 +67,9 @@ impl Metrics {
         let registry = Registry::new_custom(Some("custos".into()), None)
             .expect("metric names are fixed and unique");
         let reg = |c: Box<dyn prometheus::core::Collector>| {
-            registry.register(c).expect("metric names are fixed and unique")
+            registry
+                .register(c)
+                .expect("metric names are fixed and unique")
         };
         let requests = IntCounterVec::new(
             Opts::new("http_requests_total", "HTTP requests by route and status"),

@@ -27,7 +27,10 @@ impl Limits {
     /// Refuses an empty batch, or one with more items than allowed.
     pub fn check_batch(&self, items: usize) -> Result<(), CoreError> {
         if items == 0 {
-            return Err(CoreError::bad(ErrorCode::EmptyBatch, "the batch has no items"));
+            return Err(CoreError::bad(
+                ErrorCode::EmptyBatch,
+                "the batch has no items",
+            ));
         }
         if items > self.max_batch_items {
             return Err(CoreError::bad(
@@ -43,7 +46,10 @@ impl Limits {
 
     fn check_message(&self, message: &[u8]) -> Result<(), CoreError> {
         if message.is_empty() {
-            return Err(CoreError::bad(ErrorCode::EmptyMessage, "the message is empty"));
+            return Err(CoreError::bad(
+                ErrorCode::EmptyMessage,
+                "the message is empty",
+            ));
         }
         if message.len() > self.max_message_bytes {
             return Err(CoreError::bad(
@@ -209,7 +215,10 @@ mod tests {
     /// Known answer: the batch framing is fixed, big-endian lengths on every architecture.
     #[test]
     fn batch_framing_is_pinned() {
-        let items = [message(b"ab"), SignRequest::new(SignInput::Digest(vec![0xff; 3]))];
+        let items = [
+            message(b"ab"),
+            SignRequest::new(SignInput::Digest(vec![0xff; 3])),
+        ];
         assert_eq!(
             frame_batch(&items),
             [0, 0, 0, 2, b'a', b'b', 0, 0, 0, 3, 0xff, 0xff, 0xff]
@@ -219,22 +228,42 @@ mod tests {
     #[test]
     fn payloads_follow_the_algorithm_and_refuse_what_does_not_apply() {
         let limits = Limits::default();
-        let code = |alg, input: SignInput, hash| {
-            limits.payload(alg, &input, hash).unwrap_err().code()
-        };
-        assert_eq!(code(Algorithm::Ed25519, SignInput::Message(vec![]), None), ErrorCode::EmptyMessage);
+        let code =
+            |alg, input: SignInput, hash| limits.payload(alg, &input, hash).unwrap_err().code();
         assert_eq!(
-            code(Algorithm::Ed25519, SignInput::Message(vec![0; 64 * 1024 + 1]), None),
+            code(Algorithm::Ed25519, SignInput::Message(vec![]), None),
+            ErrorCode::EmptyMessage
+        );
+        assert_eq!(
+            code(
+                Algorithm::Ed25519,
+                SignInput::Message(vec![0; 64 * 1024 + 1]),
+                None
+            ),
             ErrorCode::MessageTooLarge
         );
         assert_eq!(
-            code(Algorithm::Ed25519, SignInput::Message(vec![1]), Some(HashAlgorithm::Sha256)),
+            code(
+                Algorithm::Ed25519,
+                SignInput::Message(vec![1]),
+                Some(HashAlgorithm::Sha256)
+            ),
             ErrorCode::NotSupported
         );
-        assert_eq!(code(Algorithm::Ed25519, SignInput::Digest(vec![0; 32]), None), ErrorCode::NotSupported);
-        assert_eq!(code(Algorithm::P256, SignInput::Digest(vec![0; 31]), None), ErrorCode::InvalidDigest);
+        assert_eq!(
+            code(Algorithm::Ed25519, SignInput::Digest(vec![0; 32]), None),
+            ErrorCode::NotSupported
+        );
+        assert_eq!(
+            code(Algorithm::P256, SignInput::Digest(vec![0; 31]), None),
+            ErrorCode::InvalidDigest
+        );
         let keccak = limits
-            .payload(Algorithm::Secp256k1, &SignInput::Message(b"eth".to_vec()), Some(HashAlgorithm::Keccak256))
+            .payload(
+                Algorithm::Secp256k1,
+                &SignInput::Message(b"eth".to_vec()),
+                Some(HashAlgorithm::Keccak256),
+            )
             .unwrap();
         let digest = limits
             .payload(
@@ -244,7 +273,13 @@ mod tests {
             )
             .unwrap();
         assert_eq!(keccak, digest);
-        assert_eq!(limits.check_batch(0).unwrap_err().code(), ErrorCode::EmptyBatch);
-        assert_eq!(limits.check_batch(1001).unwrap_err().code(), ErrorCode::BatchTooLarge);
+        assert_eq!(
+            limits.check_batch(0).unwrap_err().code(),
+            ErrorCode::EmptyBatch
+        );
+        assert_eq!(
+            limits.check_batch(1001).unwrap_err().code(),
+            ErrorCode::BatchTooLarge
+        );
     }
 }

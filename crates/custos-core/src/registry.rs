@@ -67,7 +67,11 @@ impl Registry {
     }
 
     /// Whether some key version already lives at `handle` in `provider`.
-    pub(crate) fn holds(&self, provider: &ProviderName, handle: &KeyHandle) -> Result<bool, CoreError> {
+    pub(crate) fn holds(
+        &self,
+        provider: &ProviderName,
+        handle: &KeyHandle,
+    ) -> Result<bool, CoreError> {
         Ok(self.keys.read().map_err(|_| poisoned())?.values().any(|k| {
             k.versions
                 .iter()

@@ -104,8 +104,9 @@ mod tests {
     #[test]
     fn material_wrapped_to_the_public_key_unwraps_and_tampering_does_not() {
         let key = generate(2048).unwrap();
-        let public = OaepPublicEncryptingKey::new(PublicEncryptingKey::from_der(&key.public_der).unwrap())
-            .unwrap();
+        let public =
+            OaepPublicEncryptingKey::new(PublicEncryptingKey::from_der(&key.public_der).unwrap())
+                .unwrap();
         for algorithm in [WrappingAlgorithm::OaepSha256, WrappingAlgorithm::OaepSha1] {
             let mut ciphertext = vec![0u8; public.ciphertext_size()];
             let wrapped = public
@@ -113,7 +114,9 @@ mod tests {
                 .unwrap()
                 .to_vec();
             assert_eq!(
-                unwrap(&key.private_pkcs8, algorithm, &wrapped).unwrap().as_slice(),
+                unwrap(&key.private_pkcs8, algorithm, &wrapped)
+                    .unwrap()
+                    .as_slice(),
                 b"key material"
             );
             let mut flipped = wrapped.clone();

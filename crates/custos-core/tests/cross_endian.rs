@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use custos_core::{
-    AuditConfig, AuditLog, KeyManager, Metrics, Settings, RequestContext, SignInput, SignRequest,
+    AuditConfig, AuditLog, KeyManager, Metrics, RequestContext, Settings, SignInput, SignRequest,
 };
 use custos_provider::{KeyProvider, ProviderError};
 use custos_provider_soft::{KdfParams, SoftProvider};
@@ -84,7 +84,10 @@ async fn opens(fixture: &str) {
     for algorithm in Algorithm::ALL {
         let name = KeyName::new(format!("fixture-{algorithm}")).unwrap();
         let expected = &manifest[name.as_str()];
-        let key = keys.key(&RequestContext::system("test"), &name).await.unwrap();
+        let key = keys
+            .key(&RequestContext::system("test"), &name)
+            .await
+            .unwrap();
         assert_eq!(key.versions.len(), 2);
         assert_eq!(
             hex::encode(key.versions[0].public_key.as_bytes()),

@@ -61,19 +61,27 @@ async fn old_and_young(h: &Harness) {
 async fn only_due_keys_rotate_and_only_once() {
     let h = Harness::new().await;
     old_and_young(&h).await;
-    let next = h
-        .km
-        .next_rotation(&system(), &name("young"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(next > custos_core::Clock::now(h.clock.as_ref()), "the young key is not due");
+    let next =
+        h.km.next_rotation(&system(), &name("young"))
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(
+        next > custos_core::Clock::now(h.clock.as_ref()),
+        "the young key is not due"
+    );
     let rotated = h.km.run_scheduled(&system(), "a", LEASE).await.unwrap();
     assert_eq!(rotated, [name("old")]);
-    assert_eq!(states(&h, "old").await, [VersionState::Enabled, VersionState::Current]);
+    assert_eq!(
+        states(&h, "old").await,
+        [VersionState::Enabled, VersionState::Current]
+    );
     assert_eq!(states(&h, "young").await, [VersionState::Current]);
     assert!(
-        h.km.run_scheduled(&system(), "a", LEASE).await.unwrap().is_empty(),
+        h.km.run_scheduled(&system(), "a", LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
         "rotated once"
     );
 }
@@ -94,11 +102,19 @@ async fn another_holder_does_nothing_while_the_lease_holds() {
     let now = custos_core::Clock::now(h.clock.as_ref());
     assert!(h
         .store
-        .acquire_lease("rotation", "a", now, now + jiff::SignedDuration::from_secs(60))
+        .acquire_lease(
+            "rotation",
+            "a",
+            now,
+            now + jiff::SignedDuration::from_secs(60)
+        )
         .await
         .unwrap());
     assert!(
-        h.km.run_scheduled(&system(), "b", LEASE).await.unwrap().is_empty(),
+        h.km.run_scheduled(&system(), "b", LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
         "b has no lease"
     );
     assert_eq!(states(&h, "late").await, [VersionState::Current]);
@@ -126,12 +142,14 @@ async fn the_overlap_ends_in_verify_only() {
     // Once the overlap has passed, the next pass makes version 1 verify-only.
     h.clock.advance(days(2));
     h.km.run_scheduled(&system(), "a", LEASE).await.unwrap();
-    assert_eq!(states(&h, "old").await, [VersionState::Disabled, VersionState::Current]);
+    assert_eq!(
+        states(&h, "old").await,
+        [VersionState::Disabled, VersionState::Current]
+    );
     let refused = h.km.sign(&system(), &old, &by_v1).await.unwrap_err();
     assert_eq!(refused.code(), "version_not_usable");
-    let verified = h
-        .km
-        .verify(
+    let verified =
+        h.km.verify(
             &system(),
             &old,
             &VerifyRequest {
@@ -171,7 +189,11 @@ async fn an_unwritable_backup_leaves_the_rotation_recorded_and_the_next_pass_fin
         .await
         .unwrap();
     let rotated = h.km.run_scheduled(&system(), "a", LEASE).await.unwrap();
-    assert_eq!(rotated, std::slice::from_ref(&old), "the unfinished rotation is finished");
+    assert_eq!(
+        rotated,
+        std::slice::from_ref(&old),
+        "the unfinished rotation is finished"
+    );
 }
 
 #[tokio::test]
@@ -181,12 +203,16 @@ async fn policies_out_of_range_are_refused_before_anything_is_stored() {
     h.km.create_key(&system(), k.clone(), Algorithm::Ed25519, vec![])
         .await
         .unwrap();
-    for bad in [policy(0, 0), policy(4_294_967_295, 0), policy(3651, 0), policy(30, 30)] {
-        let err = h
-            .km
-            .set_rotation_policy(&system(), &k, Some(bad))
-            .await
-            .unwrap_err();
+    for bad in [
+        policy(0, 0),
+        policy(4_294_967_295, 0),
+        policy(3651, 0),
+        policy(30, 30),
+    ] {
+        let err =
+            h.km.set_rotation_policy(&system(), &k, Some(bad))
+                .await
+                .unwrap_err();
         assert_eq!(err.code(), "invalid_rotation_policy");
     }
     assert_eq!(h.km.rotation_policy(&system(), &k).await.unwrap(), None);
@@ -217,13 +243,15 @@ async fn a_deletion_that_comes_due_destroys_the_key() {
     h.km.run_scheduled(&system(), "a", LEASE).await.unwrap();
     let key = h.km.key(&system(), &k).await.unwrap();
     assert_eq!(key.state, KeyState::Destroyed);
-    assert!(key.versions.iter().all(|v| v.state == VersionState::Destroyed));
+    assert!(key
+        .versions
+        .iter()
+        .all(|v| v.state == VersionState::Destroyed));
     let err = h.km.sign(&system(), &k, &message(b"x")).await.unwrap_err();
     assert_eq!(err.code(), "key_disabled");
-    let err = h
-        .km
-        .set_key_state(&system(), &k, KeyStateChange::Enable)
-        .await
-        .unwrap_err();
+    let err =
+        h.km.set_key_state(&system(), &k, KeyStateChange::Enable)
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), "invalid_key_state");
 }

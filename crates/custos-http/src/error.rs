@@ -69,7 +69,9 @@ impl From<CoreError> for ApiError {
                     "the audit log cannot be written, so nothing was done; try again later"
                 }
                 ErrorCode::StoreUnavailable => "the database is unavailable; try again later",
-                ErrorCode::ProviderUnavailable => "no provider could serve the request; try again later",
+                ErrorCode::ProviderUnavailable => {
+                    "no provider could serve the request; try again later"
+                }
                 ErrorCode::EmergencyRestricted => {
                     "every provider failed and emergency mode may not sign this; try again later"
                 }

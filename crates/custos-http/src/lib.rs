@@ -106,7 +106,11 @@ fn limiter<K: std::hash::Hash + Eq + Clone>(
 /// Merges the surfaces' routes and applies every layer: request ids, the concurrency budget, the
 /// timeout, the body limit, per-route counters, the answer to unknown routes and methods, and a caught
 /// panic answered as 500 `internal` with no detail.
-pub fn app(state: AppState, options: HttpOptions, surfaces: impl IntoIterator<Item = Router>) -> Router {
+pub fn app(
+    state: AppState,
+    options: HttpOptions,
+    surfaces: impl IntoIterator<Item = Router>,
+) -> Router {
     let mut routes = Router::new();
     for surface in surfaces {
         routes = routes.merge(surface);
@@ -136,7 +140,11 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("(no message)");
     tracing::error!(panic = %detail, "a request handler panicked");
-    ApiError::new(ErrorCode::Internal, "internal error; the server log has the details").into_response()
+    ApiError::new(
+        ErrorCode::Internal,
+        "internal error; the server log has the details",
+    )
+    .into_response()
 }
 
 async fn not_found() -> ApiError {

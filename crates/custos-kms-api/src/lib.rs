@@ -52,7 +52,12 @@ impl std::fmt::Debug for KmsApi {
 impl KmsApi {
     /// The API over `keys`, with access keys from `access`, and ARNs in `region` and the 12-digit
     /// `account`.
-    pub fn new(keys: Arc<KeyManager>, access: Arc<Access>, region: String, account: String) -> KmsApi {
+    pub fn new(
+        keys: Arc<KeyManager>,
+        access: Arc<Access>,
+        region: String,
+        account: String,
+    ) -> KmsApi {
         KmsApi {
             keys,
             access,
@@ -108,9 +113,9 @@ impl From<CoreError> for KmsError {
                 "NotFoundException"
             }
             ErrorCode::KeyDisabled => "DisabledException",
-            ErrorCode::KeyPendingDeletion | ErrorCode::InvalidKeyState | ErrorCode::VersionNotUsable => {
-                "KMSInvalidStateException"
-            }
+            ErrorCode::KeyPendingDeletion
+            | ErrorCode::InvalidKeyState
+            | ErrorCode::VersionNotUsable => "KMSInvalidStateException",
             ErrorCode::AliasExists | ErrorCode::KeyExists => "AlreadyExistsException",
             ErrorCode::InvalidImportToken => "InvalidImportTokenException",
             ErrorCode::ImportTokenExpired => "ExpiredImportTokenException",
@@ -214,7 +219,11 @@ async fn serve(
         source: peer.map(|p| p.ip().to_string()),
         system: false,
     };
-    let body = if body.is_empty() { b"{}".as_slice() } else { body };
+    let body = if body.is_empty() {
+        b"{}".as_slice()
+    } else {
+        body
+    };
     ops::run(api, &ctx, operation, body).await
 }
 

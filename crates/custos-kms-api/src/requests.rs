@@ -38,7 +38,10 @@ pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, KmsError> {
         if e.is_data() {
             KmsError::validation(e.to_string())
         } else {
-            KmsError::new("SerializationException", format!("the body is not a JSON object: {e}"))
+            KmsError::new(
+                "SerializationException",
+                format!("the body is not a JSON object: {e}"),
+            )
         }
     })
 }
@@ -225,8 +228,12 @@ mod tests {
         let list: List = decode(b"{}").unwrap();
         assert!(list.limit.is_none());
         let context: Encrypt =
-            decode(br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionContext":{"b":"2","a":"1"}}"#).unwrap();
-        assert_eq!(context.encryption_context.keys().collect::<Vec<_>>(), ["a", "b"]);
+            decode(br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionContext":{"b":"2","a":"1"}}"#)
+                .unwrap();
+        assert_eq!(
+            context.encryption_context.keys().collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         assert!(!format!("{:?}", context.plaintext).contains("hi"));
     }
 }

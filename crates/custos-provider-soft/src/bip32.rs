@@ -55,9 +55,9 @@ impl Master {
 
     /// A master from what [`Master::sealed_bytes`] wrote.
     pub(crate) fn from_sealed(bytes: &[u8]) -> Result<Master, ProviderError> {
-        let bytes: [u8; SEALED_LEN] = bytes
-            .try_into()
-            .map_err(|_| ProviderError::Corrupt("a sealed BIP32 key has the wrong length".into()))?;
+        let bytes: [u8; SEALED_LEN] = bytes.try_into().map_err(|_| {
+            ProviderError::Corrupt("a sealed BIP32 key has the wrong length".into())
+        })?;
         let master = Master {
             bytes: Zeroizing::new(bytes),
         };

@@ -418,8 +418,14 @@ mod tests {
         // BIP32 test vector 1's master, as a client would hand it over (sealed by the provider).
         let xprv = "xprv9s21ZrQH143K3QTDL4LXw2F7HEK3wJUD2nW2nRk4stbPy6cq3jPPqjiChkVvvNKmPGJxWUtg6LnF5kejMRNNU3TGtRBeJgk33yuGBxrMPHi";
         let sealed = provider.seal(xprv.as_bytes(), b"ctx").await.unwrap();
-        assert!(provider.import_sealed_bip32(&sealed, b"other", "t").await.is_err());
-        let master = provider.import_sealed_bip32(&sealed, b"ctx", "t").await.unwrap();
+        assert!(provider
+            .import_sealed_bip32(&sealed, b"other", "t")
+            .await
+            .is_err());
+        let master = provider
+            .import_sealed_bip32(&sealed, b"ctx", "t")
+            .await
+            .unwrap();
         assert_eq!(
             hex::encode(master.chain_code),
             "873dff81c02f525623fd1fe5167eac3a55a049de3d314bb42ee227ffed37d508"
@@ -431,11 +437,16 @@ mod tests {
             .unwrap();
         // m/0'/1 of test vector 1, checked with the child's public key.
         let child_secret =
-            hex::decode("3c6cb8d0f6a264c91ea8b5030fadaa8e538b020f0a387421a12de9319dc93368").unwrap();
+            hex::decode("3c6cb8d0f6a264c91ea8b5030fadaa8e538b020f0a387421a12de9319dc93368")
+                .unwrap();
         let child = PrivateKey::from_secret(Algorithm::Secp256k1, &child_secret).unwrap();
         child
             .public_key()
-            .verify(&SignPayload::Digest([7; 32]), &signature, custos_types::SignatureFormat::Raw)
+            .verify(
+                &SignPayload::Digest([7; 32]),
+                &signature,
+                custos_types::SignatureFormat::Raw,
+            )
             .unwrap();
         assert!(matches!(
             provider.export(&master.key.handle).await,
@@ -450,7 +461,11 @@ mod tests {
             .unwrap();
         child
             .public_key()
-            .verify(&SignPayload::Digest([7; 32]), &again, custos_types::SignatureFormat::Raw)
+            .verify(
+                &SignPayload::Digest([7; 32]),
+                &again,
+                custos_types::SignatureFormat::Raw,
+            )
             .unwrap();
         assert_eq!(
             provider.public_key(&generated.key.handle).await.unwrap(),
@@ -458,16 +473,32 @@ mod tests {
         );
         // A plain key has no children.
         let plain = provider.generate(Algorithm::Secp256k1, "t").await.unwrap();
-        assert!(provider.sign_derived(&plain.handle, &[0], &[1; 32]).await.is_err());
+        assert!(provider
+            .sign_derived(&plain.handle, &[0], &[1; 32])
+            .await
+            .is_err());
         // import_sealed of hex text: the default path through unseal and import.
-        let hex_key = provider.seal(b"0x".iter().chain(hex::encode([5u8; 32]).as_bytes()).copied().collect::<Vec<_>>().as_slice(), b"k").await.unwrap();
+        let hex_key = provider
+            .seal(
+                b"0x"
+                    .iter()
+                    .chain(hex::encode([5u8; 32]).as_bytes())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .as_slice(),
+                b"k",
+            )
+            .await
+            .unwrap();
         let imported = provider
             .import_sealed(&hex_key, b"k", Algorithm::Secp256k1, "t")
             .await
             .unwrap();
         assert_eq!(
             imported.public_key,
-            PrivateKey::from_secret(Algorithm::Secp256k1, &[5; 32]).unwrap().public_key()
+            PrivateKey::from_secret(Algorithm::Secp256k1, &[5; 32])
+                .unwrap()
+                .public_key()
         );
     }
 }

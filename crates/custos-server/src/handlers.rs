@@ -275,7 +275,12 @@ pub async fn rotate(
     Ok(Json(views::key(&state.keys, &key)))
 }
 
-async fn change_state(state: &AppState, ctx: &custos_core::RequestContext, name: &KeyName, change: KeyStateChange) -> Result<Json<KeyView>> {
+async fn change_state(
+    state: &AppState,
+    ctx: &custos_core::RequestContext,
+    name: &KeyName,
+    change: KeyStateChange,
+) -> Result<Json<KeyView>> {
     let key = state.keys.set_key_state(ctx, name, change).await?;
     Ok(Json(views::key(&state.keys, &key)))
 }
@@ -302,7 +307,13 @@ pub async fn schedule_deletion(
     KeyPath(name): KeyPath,
     Body(body): Body,
 ) -> Result<Json<KeyView>> {
-    before_body(&state, &ctx, Operation::DeleteKey(name.as_str()), "key_schedule_deletion").await?;
+    before_body(
+        &state,
+        &ctx,
+        Operation::DeleteKey(name.as_str()),
+        "key_schedule_deletion",
+    )
+    .await?;
     let request: ScheduleDeletionRequest = if body.is_empty() {
         parse(b"{}")?
     } else {
@@ -351,7 +362,13 @@ pub async fn set_rotation(
     KeyPath(name): KeyPath,
     Body(body): Body,
 ) -> Result<Json<custos_api::RotationView>> {
-    before_body(&state, &ctx, Operation::RotateKey(name.as_str()), "rotation_policy").await?;
+    before_body(
+        &state,
+        &ctx,
+        Operation::RotateKey(name.as_str()),
+        "rotation_policy",
+    )
+    .await?;
     let policy: custos_core::RotationPolicy = parse(&body)?;
     let next_rotation = state
         .keys

@@ -8,9 +8,9 @@ use custos_core::{
     Access, AuditConfig, AuditLog, KeyManager, Limits, Metrics, RequestContext, Scope, Scopes,
     Settings, SystemClock,
 };
+use custos_http::{AppState, HttpOptions, TlsFiles};
 use custos_provider::conformance::openssl_verify;
 use custos_provider_soft::{KdfParams, SoftProvider};
-use custos_http::{AppState, HttpOptions, TlsFiles};
 use custos_store::{SqliteStore, Store};
 use custos_types::{Algorithm, HashAlgorithm, ProviderName, SignPayload};
 use reqwest::StatusCode;
@@ -104,9 +104,14 @@ async fn start_inner(
     .await
     .unwrap();
     let access = Arc::new(
-        Access::load(store, Arc::clone(&audit), Scopes::default(), Arc::new(SystemClock))
-            .await
-            .unwrap(),
+        Access::load(
+            store,
+            Arc::clone(&audit),
+            Scopes::default(),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap(),
     );
     let tls = tls.map(|(mut files, ca)| {
         files.audit = Some(Arc::clone(&audit));
@@ -197,7 +202,10 @@ impl Server {
     }
 
     async fn token(&self, scopes: &[&str]) -> String {
-        let scopes: Vec<_> = scopes.iter().map(|s| Scopes::default().parse(s).unwrap()).collect();
+        let scopes: Vec<_> = scopes
+            .iter()
+            .map(|s| Scopes::default().parse(s).unwrap())
+            .collect();
         self.access
             .issue(&RequestContext::system("test"), "t", &scopes, None)
             .await

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use custos_audit::{Actor, AuditEntry, AuditQuery, AuditRecord, Checkpoint, Head, Outcome};
 use custos_types::{
-    AliasRecord, Algorithm, ClientKeyRecord, ImportRecord, ImportWrapping, KeyHandle, KeyKind,
+    Algorithm, AliasRecord, ClientKeyRecord, ImportRecord, ImportWrapping, KeyHandle, KeyKind,
     KeyName, KeyRecord, KeyState, KeyVersion, Location, ProviderName, PublicKey, SealedKey,
     SealingKeyRecord, Timestamp, TokenRecord, VersionRecord, VersionState, Watermark,
 };
@@ -88,24 +88,39 @@ where
 pub async fn keys_and_versions(store: Arc<dyn Store>) {
     store.create_key(&key("a")).await.unwrap();
     assert!(
-        matches!(store.create_key(&key("a")).await, Err(StoreError::Conflict(_))),
+        matches!(
+            store.create_key(&key("a")).await,
+            Err(StoreError::Conflict(_))
+        ),
         "a second key of the same name must conflict"
     );
     let name = KeyName::new("a").unwrap();
     store
-        .add_current_version(&name, &version(2, VersionState::Current), VersionState::Enabled)
+        .add_current_version(
+            &name,
+            &version(2, VersionState::Current),
+            VersionState::Enabled,
+        )
         .await
         .unwrap();
     assert!(
         store
-            .add_current_version(&name, &version(2, VersionState::Current), VersionState::Enabled)
+            .add_current_version(
+                &name,
+                &version(2, VersionState::Current),
+                VersionState::Enabled
+            )
             .await
             .is_err(),
         "adding a version number twice must fail"
     );
     assert!(
         store
-            .add_current_version(&name, &version(4, VersionState::Current), VersionState::Enabled)
+            .add_current_version(
+                &name,
+                &version(4, VersionState::Current),
+                VersionState::Enabled
+            )
             .await
             .is_err(),
         "skipping a version number must fail"
@@ -141,7 +156,10 @@ pub async fn keys_and_versions(store: Arc<dyn Store>) {
 pub async fn two_current_versions_are_refused(store: Arc<dyn Store>) {
     let mut k = key("two");
     k.versions.push(version(2, VersionState::Current));
-    assert!(matches!(store.create_key(&k).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.create_key(&k).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert!(store.list_keys().await.unwrap().is_empty());
 }
 
@@ -176,7 +194,10 @@ pub async fn key_state_description_and_tags(store: Arc<dyn Store>) {
             .await,
         Err(StoreError::NotFound(_))
     ));
-    let set = BTreeMap::from([("team".to_owned(), "ops".to_owned()), ("env".into(), "prod".into())]);
+    let set = BTreeMap::from([
+        ("team".to_owned(), "ops".to_owned()),
+        ("env".into(), "prod".into()),
+    ]);
     store.update_tags("s", &set, &[]).await.unwrap();
     store
         .update_tags(
@@ -190,7 +211,10 @@ pub async fn key_state_description_and_tags(store: Arc<dyn Store>) {
         store.tags("s").await.unwrap(),
         BTreeMap::from([("env".to_owned(), "dev".to_owned())])
     );
-    store.set_key_state(&name, KeyState::Destroyed).await.unwrap();
+    store
+        .set_key_state(&name, KeyState::Destroyed)
+        .await
+        .unwrap();
     let destroyed = store.get_key(&name).await.unwrap().unwrap();
     assert_eq!(destroyed.state, KeyState::Destroyed);
     assert!(destroyed
@@ -283,11 +307,26 @@ pub async fn settings(store: Arc<dyn Store>) {
 
 /// Leases: one holder at a time until expiry; the holder renews.
 pub async fn leases(store: Arc<dyn Store>) {
-    assert!(store.acquire_lease("rot", "a", at(0), at(30)).await.unwrap());
-    assert!(!store.acquire_lease("rot", "b", at(10), at(40)).await.unwrap());
-    assert!(store.acquire_lease("rot", "a", at(10), at(40)).await.unwrap());
-    assert!(store.acquire_lease("rot", "b", at(40), at(70)).await.unwrap());
-    assert!(!store.acquire_lease("rot", "a", at(41), at(71)).await.unwrap());
+    assert!(store
+        .acquire_lease("rot", "a", at(0), at(30))
+        .await
+        .unwrap());
+    assert!(!store
+        .acquire_lease("rot", "b", at(10), at(40))
+        .await
+        .unwrap());
+    assert!(store
+        .acquire_lease("rot", "a", at(10), at(40))
+        .await
+        .unwrap());
+    assert!(store
+        .acquire_lease("rot", "b", at(40), at(70))
+        .await
+        .unwrap());
+    assert!(!store
+        .acquire_lease("rot", "a", at(41), at(71))
+        .await
+        .unwrap());
 }
 
 fn audit_batch(head: Head, count: u32) -> (Vec<AuditRecord>, Head) {
@@ -328,7 +367,11 @@ pub async fn audit_log(store: Arc<dyn Store>) {
         store.append_audit(&batch[3..]).await.is_err(),
         "a batch that reuses a sequence number is refused"
     );
-    assert_eq!(store.audit_head().await.unwrap(), head, "and changes nothing");
+    assert_eq!(
+        store.audit_head().await.unwrap(),
+        head,
+        "and changes nothing"
+    );
     assert_eq!(store.query_audit(&query(|_| {})).await.unwrap(), batch);
     let count = |q: AuditQuery| {
         let store = Arc::clone(&store);
@@ -415,7 +458,11 @@ pub async fn watermarks(store: Arc<dyn Store>) {
         .advance_watermarks(&[(w.clone(), mark(u64::MAX, 9))])
         .await
         .unwrap();
-    assert_eq!(beyond, [false], "a sequence above i64::MAX is never written");
+    assert_eq!(
+        beyond,
+        [false],
+        "a sequence above i64::MAX is never written"
+    );
 }
 
 /// Aliases: unique names, retargeting, deletion.
@@ -431,7 +478,10 @@ pub async fn aliases(store: Arc<dyn Store>) {
         store.create_alias(&alias).await,
         Err(StoreError::Conflict(_))
     ));
-    store.retarget_alias("alias/pay", "k2", at(5)).await.unwrap();
+    store
+        .retarget_alias("alias/pay", "k2", at(5))
+        .await
+        .unwrap();
     let got = store.get_alias("alias/pay").await.unwrap().unwrap();
     assert_eq!((got.target.as_str(), got.updated_at), ("k2", at(5)));
     assert!(matches!(
@@ -495,8 +545,14 @@ pub async fn imports(store: Arc<dyn Store>) {
         Some(wrapping)
     );
     store.set_import_wrapping("i1", None).await.unwrap();
-    assert_eq!(store.get_import("i1").await.unwrap().unwrap().wrapping, None);
-    store.set_import_state("i1", KeyState::Disabled).await.unwrap();
+    assert_eq!(
+        store.get_import("i1").await.unwrap().unwrap().wrapping,
+        None
+    );
+    store
+        .set_import_state("i1", KeyState::Disabled)
+        .await
+        .unwrap();
     assert_eq!(store.list_imports().await.unwrap().len(), 1);
     store.complete_import("i1", &key("i1")).await.unwrap();
     assert!(store.get_import("i1").await.unwrap().is_none());

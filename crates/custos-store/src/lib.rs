@@ -53,8 +53,11 @@ pub trait KeyStore: Send + Sync {
     async fn set_key_state(&self, name: &KeyName, state: KeyState) -> Result<(), StoreError>;
 
     /// Sets a key's description.
-    async fn set_key_description(&self, name: &KeyName, description: &str)
-        -> Result<(), StoreError>;
+    async fn set_key_description(
+        &self,
+        name: &KeyName,
+        description: &str,
+    ) -> Result<(), StoreError>;
 
     /// One key with all its versions, or `None`.
     async fn get_key(&self, name: &KeyName) -> Result<Option<KeyRecord>, StoreError>;
@@ -183,8 +186,12 @@ pub trait AliasStore: Send + Sync {
     async fn create_alias(&self, alias: &AliasRecord) -> Result<(), StoreError>;
 
     /// Points an existing alias at another target. [`StoreError::NotFound`] if there is none.
-    async fn retarget_alias(&self, name: &str, target: &str, at: Timestamp)
-        -> Result<(), StoreError>;
+    async fn retarget_alias(
+        &self,
+        name: &str,
+        target: &str,
+        at: Timestamp,
+    ) -> Result<(), StoreError>;
 
     /// Removes an alias. [`StoreError::NotFound`] if there is none.
     async fn delete_alias(&self, name: &str) -> Result<(), StoreError>;

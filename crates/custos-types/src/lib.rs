@@ -25,8 +25,8 @@ pub use name::{KeyHandle, KeyName, ProviderName};
 pub use private_key::PrivateKey;
 pub use public_key::{ecdsa_der_to_raw, PublicKey};
 pub use records::{
-    AliasRecord, ClientKeyRecord, ImportRecord, ImportWrapping, KeyKind, KeyRecord, KeyState, Location,
-    SealedKey, SealingKeyRecord, TokenRecord, VersionRecord, Watermark,
+    AliasRecord, ClientKeyRecord, ImportRecord, ImportWrapping, KeyKind, KeyRecord, KeyState,
+    Location, SealedKey, SealingKeyRecord, TokenRecord, VersionRecord, Watermark,
 };
 pub use signature::{SignPayload, Signature, DIGEST_LEN};
 pub use version::{KeyVersion, VersionState};

@@ -376,6 +376,9 @@ mod tests {
         assert_eq!(KeyState::from_parts("pending_deletion", None), None);
         assert_eq!(KeyState::from_parts("enabled", Some(at)), None);
         assert_eq!(KeyKind::parse("bip32"), Some(KeyKind::Bip32));
-        assert_eq!(KeyKind::parse(KeyKind::Standard.as_str()), Some(KeyKind::Standard));
+        assert_eq!(
+            KeyKind::parse(KeyKind::Standard.as_str()),
+            Some(KeyKind::Standard)
+        );
     }
 }

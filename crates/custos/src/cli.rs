@@ -419,4 +419,3 @@ pub enum TokenCommand {
         conn: Conn,
     },
 }
-

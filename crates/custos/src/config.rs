@@ -58,15 +58,20 @@ impl<'de> Deserialize<'de> for ProviderConfig {
         let mut settings = toml::Table::deserialize(deserializer)?;
         let mut take = |field: &str| match settings.remove(field) {
             Some(toml::Value::String(text)) => Ok(text),
-            Some(_) => Err(D::Error::custom(format!("a provider's `{field}` is a string"))),
+            Some(_) => Err(D::Error::custom(format!(
+                "a provider's `{field}` is a string"
+            ))),
             None => Err(D::Error::custom(format!("a provider needs `{field}`"))),
         };
         let kind = take("type")?;
         let name = take("name")?;
-        crate::providers::check(&kind, &settings).map_err(|e| {
-            D::Error::custom(format!("provider {name:?} (type {kind:?}): {e:#}"))
-        })?;
-        Ok(ProviderConfig { kind, name, settings })
+        crate::providers::check(&kind, &settings)
+            .map_err(|e| D::Error::custom(format!("provider {name:?} (type {kind:?}): {e:#}")))?;
+        Ok(ProviderConfig {
+            kind,
+            name,
+            settings,
+        })
     }
 }
 
@@ -339,7 +344,10 @@ fn default_max_sequence_jump() -> u64 {
 }
 
 impl Default for Config {
-    #[expect(clippy::expect_used, reason = "the empty document takes every default, which parse")]
+    #[expect(
+        clippy::expect_used,
+        reason = "the empty document takes every default, which parse"
+    )]
     fn default() -> Self {
         toml::from_str("").expect("the empty config parses")
     }
@@ -414,7 +422,10 @@ mod tests {
         "#;
         let config: Config = toml::from_str(text).unwrap();
         assert_eq!(config.providers[0].kind, "yubihsm");
-        assert_eq!(config.providers[0].settings["auth_key_id"].as_integer(), Some(1));
+        assert_eq!(
+            config.providers[0].settings["auth_key_id"].as_integer(),
+            Some(1)
+        );
     }
 
     #[test]

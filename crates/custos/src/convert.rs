@@ -1710,7 +1710,10 @@ mod tests {
         let config = parse(&c.toml);
         assert_eq!(config.providers.len(), 1);
         let provider = &config.providers[0];
-        assert_eq!((provider.kind.as_str(), provider.name.as_str()), ("pkcs11", "cloudhsm"));
+        assert_eq!(
+            (provider.kind.as_str(), provider.name.as_str()),
+            ("pkcs11", "cloudhsm")
+        );
         let settings = &provider.settings;
         assert_eq!(settings["module"].as_str(), Some(CLOUDHSM_MODULE));
         assert_eq!(settings["token_label"].as_str(), Some("hsm1"));
@@ -1882,9 +1885,15 @@ mod tests {
         let c = convert(json).unwrap();
         let config = parse(&c.toml);
         let provider = &config.providers[0];
-        assert_eq!((provider.kind.as_str(), provider.name.as_str()), ("yubihsm", "yubihsm"));
+        assert_eq!(
+            (provider.kind.as_str(), provider.name.as_str()),
+            ("yubihsm", "yubihsm")
+        );
         let settings = &provider.settings;
-        assert_eq!(settings["connector"].as_str(), Some("http://10.0.0.5:12345"));
+        assert_eq!(
+            settings["connector"].as_str(),
+            Some("http://10.0.0.5:12345")
+        );
         assert_eq!(settings["auth_key_id"].as_integer(), Some(2));
         assert_eq!(settings["domain"].as_integer(), Some(3));
         let password: SecretRef = settings["password"].clone().try_into().unwrap();

@@ -113,23 +113,28 @@ mod tests {
     use super::*;
 
     /// A webhook receiver on 127.0.0.1: every POST's signature header and body go to the channel.
-    async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>) {
+    async fn receiver() -> (
+        String,
+        tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    ) {
         use axum::routing::post;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let app = axum::Router::new().route(
             "/hook",
-            post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                let tx = tx.clone();
-                async move {
-                    let signature = headers
-                        .get("x-custos-signature")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = tx.send((signature, body.to_vec()));
-                    "ok"
-                }
-            }),
+            post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let tx = tx.clone();
+                    async move {
+                        let signature = headers
+                            .get("x-custos-signature")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        let _ = tx.send((signature, body.to_vec()));
+                        "ok"
+                    }
+                },
+            ),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -167,7 +172,10 @@ mod tests {
             .unwrap();
         assert_eq!(signature, signature_header(&secret, &body));
         let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(event["event"], "key_rotated", "the unsubscribed event was not sent");
+        assert_eq!(
+            event["event"], "key_rotated",
+            "the unsubscribed event was not sent"
+        );
         assert_eq!(event["key"], "old");
         assert_eq!(event["version"], 2);
         assert!(event["at"].is_string());

@@ -118,7 +118,9 @@ impl Scope {
     pub(crate) fn allows(&self, op: &Operation<'_>) -> bool {
         let matches = |pattern: &str, key: &str| WildMatch::new(pattern).matches(key);
         match (self, op) {
-            (Scope::Extension(mine), Operation::Extension(wanted)) => std::ptr::eq(*mine, *wanted) || mine == wanted,
+            (Scope::Extension(mine), Operation::Extension(wanted)) => {
+                std::ptr::eq(*mine, *wanted) || mine == wanted
+            }
             (Scope::Admin, Operation::Extension(wanted)) => wanted.implied_by_admin,
             (Scope::Admin, _) => true,
             (Scope::KeysCreate, Operation::CreateKey) => true,
@@ -251,13 +253,25 @@ mod tests {
         let admin = scopes.parse("admin").unwrap();
         assert!(admin.allows(&Operation::ManageTokens));
         assert!(admin.allows(&Operation::Extension(&USE)));
-        assert!(!admin.allows(&Operation::Extension(&RETRIEVE)), "admin does not imply retrieval");
-        assert!(scopes.parse("vault:retrieve").unwrap().allows(&Operation::Extension(&RETRIEVE)));
+        assert!(
+            !admin.allows(&Operation::Extension(&RETRIEVE)),
+            "admin does not imply retrieval"
+        );
+        assert!(scopes
+            .parse("vault:retrieve")
+            .unwrap()
+            .allows(&Operation::Extension(&RETRIEVE)));
         let rotate = scopes.parse("keys:rotate").unwrap();
         assert!(rotate.allows(&Operation::RotateKey("k")));
-        assert!(!rotate.allows(&Operation::Custody("k")), "backup settings are admin's");
+        assert!(
+            !rotate.allows(&Operation::Custody("k")),
+            "backup settings are admin's"
+        );
         assert!(!rotate.allows(&Operation::DeleteKey("k")));
-        assert!(!scopes.parse("keys:create").unwrap().allows(&Operation::ManageTokens));
+        assert!(!scopes
+            .parse("keys:create")
+            .unwrap()
+            .allows(&Operation::ManageTokens));
         for bad in ["root", "sign:", "sign:a/b", "keys:delete", "", "bitgo"] {
             assert_eq!(
                 scopes.parse(bad).unwrap_err().code(),
@@ -265,9 +279,20 @@ mod tests {
                 "{bad}"
             );
         }
-        for text in ["admin", "keys:create", "keys:read", "keys:rotate", "sign:a*", "verify:?b", "vault"] {
+        for text in [
+            "admin",
+            "keys:create",
+            "keys:read",
+            "keys:rotate",
+            "sign:a*",
+            "verify:?b",
+            "vault",
+        ] {
             assert_eq!(scopes.parse(text).unwrap().to_string(), text);
         }
-        assert!(scopes.describe().iter().any(|(name, _)| *name == "vault:retrieve"));
+        assert!(scopes
+            .describe()
+            .iter()
+            .any(|(name, _)| *name == "vault:retrieve"));
     }
 }

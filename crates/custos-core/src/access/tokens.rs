@@ -346,7 +346,11 @@ impl Access {
     /// Offline recovery when no admin token is left: issues a new admin token `name`, recorded as
     /// `token_recover`. Only Custos itself (a system context, which needs the data directory and the
     /// master password to exist) can do this; no request can.
-    pub async fn recover(&self, ctx: &RequestContext, name: &str) -> Result<IssuedToken, CoreError> {
+    pub async fn recover(
+        &self,
+        ctx: &RequestContext,
+        name: &str,
+    ) -> Result<IssuedToken, CoreError> {
         if !ctx.system {
             return Err(CoreError::Forbidden(
                 "recover admin access (offline only: `custos token recover`)".into(),
@@ -583,7 +587,11 @@ mod tests {
     #[tokio::test]
     async fn tokens_are_stored_as_hashes_only() {
         let f = fixture().await;
-        let issued = f.access.issue(&system(), "ci", &[scope("sign:seq-*")], None).await.unwrap();
+        let issued = f
+            .access
+            .issue(&system(), "ci", &[scope("sign:seq-*")], None)
+            .await
+            .unwrap();
         let token = issued.token.expose_secret().to_owned();
         let stored = f.store.list_tokens().await.unwrap();
         assert_eq!(stored.len(), 1);
@@ -594,12 +602,19 @@ mod tests {
     #[tokio::test]
     async fn a_token_authenticates_and_is_held_to_its_scopes() {
         let f = fixture().await;
-        let issued = f.access.issue(&system(), "ci", &[scope("sign:seq-*")], None).await.unwrap();
+        let issued = f
+            .access
+            .issue(&system(), "ci", &[scope("sign:seq-*")], None)
+            .await
+            .unwrap();
         let principal = f.access.authenticate(issued.token.expose_secret()).unwrap();
         assert_eq!(principal.name, "ci");
         principal.authorize(Operation::Sign("seq-9")).unwrap();
         assert_eq!(
-            principal.authorize(Operation::CreateKey).unwrap_err().code(),
+            principal
+                .authorize(Operation::CreateKey)
+                .unwrap_err()
+                .code(),
             ErrorCode::Forbidden
         );
     }
@@ -607,12 +622,22 @@ mod tests {
     #[tokio::test]
     async fn changed_unknown_or_garbage_tokens_are_unauthenticated() {
         let f = fixture().await;
-        let issued = f.access.issue(&system(), "ci", &[Scope::Admin], None).await.unwrap();
+        let issued = f
+            .access
+            .issue(&system(), "ci", &[Scope::Admin], None)
+            .await
+            .unwrap();
         let token = issued.token.expose_secret().to_owned();
         let mut tampered = token.clone();
         tampered.pop();
         tampered.push(if token.ends_with('0') { '1' } else { '0' });
-        for bad in [tampered.as_str(), "cst_0000000000000000_00", "", "Bearer x", "cst_"] {
+        for bad in [
+            tampered.as_str(),
+            "cst_0000000000000000_00",
+            "",
+            "Bearer x",
+            "cst_",
+        ] {
             assert!(
                 matches!(f.access.authenticate(bad), Err(CoreError::Unauthenticated)),
                 "{bad}"
@@ -624,7 +649,11 @@ mod tests {
     async fn a_token_stops_working_when_it_expires_by_the_clock() {
         let f = fixture().await;
         let until = f.clock.now() + jiff::SignedDuration::from_secs(60);
-        let issued = f.access.issue(&system(), "short", &[Scope::Admin], Some(until)).await.unwrap();
+        let issued = f
+            .access
+            .issue(&system(), "short", &[Scope::Admin], Some(until))
+            .await
+            .unwrap();
         assert!(f.access.authenticate(issued.token.expose_secret()).is_ok());
         f.clock.advance(jiff::SignedDuration::from_secs(61));
         assert!(f.access.authenticate(issued.token.expose_secret()).is_err());
@@ -633,15 +662,30 @@ mod tests {
     #[tokio::test]
     async fn last_use_is_flushed_and_revocation_is_immediate_and_durable() {
         let f = fixture().await;
-        f.access.issue(&system(), "root", &[Scope::Admin], None).await.unwrap();
-        let issued = f.access.issue(&system(), "ci", &[Scope::KeysRead], None).await.unwrap();
+        f.access
+            .issue(&system(), "root", &[Scope::Admin], None)
+            .await
+            .unwrap();
+        let issued = f
+            .access
+            .issue(&system(), "ci", &[Scope::KeysRead], None)
+            .await
+            .unwrap();
         let token = issued.token.expose_secret().to_owned();
         f.access.authenticate(&token).unwrap();
         f.access.flush_last_used().await.unwrap();
         let stored = f.store.list_tokens().await.unwrap();
-        assert!(stored.iter().find(|t| t.name == "ci").unwrap().last_used_at.is_some());
+        assert!(stored
+            .iter()
+            .find(|t| t.name == "ci")
+            .unwrap()
+            .last_used_at
+            .is_some());
         f.access.revoke(&system(), &issued.record.id).await.unwrap();
-        assert!(matches!(f.access.authenticate(&token), Err(CoreError::Unauthenticated)));
+        assert!(matches!(
+            f.access.authenticate(&token),
+            Err(CoreError::Unauthenticated)
+        ));
         assert_eq!(
             f.access.revoke(&system(), "nope").await.unwrap_err().code(),
             ErrorCode::TokenNotFound
@@ -660,11 +704,23 @@ mod tests {
     #[tokio::test]
     async fn the_last_admin_token_cannot_be_revoked_and_recovery_issues_a_new_one() {
         let f = fixture().await;
-        let root = f.access.issue(&system(), "root", &[Scope::Admin], None).await.unwrap();
-        let second = f.access.issue(&system(), "ops", &[Scope::Admin], None).await.unwrap();
+        let root = f
+            .access
+            .issue(&system(), "root", &[Scope::Admin], None)
+            .await
+            .unwrap();
+        let second = f
+            .access
+            .issue(&system(), "ops", &[Scope::Admin], None)
+            .await
+            .unwrap();
         f.access.revoke(&system(), &second.record.id).await.unwrap();
         assert_eq!(
-            f.access.revoke(&system(), &root.record.id).await.unwrap_err().code(),
+            f.access
+                .revoke(&system(), &root.record.id)
+                .await
+                .unwrap_err()
+                .code(),
             ErrorCode::LastAdminToken
         );
         assert!(f.access.authenticate(root.token.expose_secret()).is_ok());
@@ -685,7 +741,10 @@ mod tests {
         f.access.revoke(&system(), &root.record.id).await.unwrap();
         let records = f
             .audit
-            .query(&custos_audit::AuditQuery { limit: 100, ..Default::default() })
+            .query(&custos_audit::AuditQuery {
+                limit: 100,
+                ..Default::default()
+            })
             .await
             .unwrap();
         assert!(records.iter().any(|r| r.entry.operation == "token_recover"));
@@ -696,20 +755,34 @@ mod tests {
     #[tokio::test]
     async fn managing_tokens_needs_admin_and_a_refusal_is_audited() {
         let f = fixture().await;
-        f.access.issue(&system(), "root", &[Scope::Admin], None).await.unwrap();
-        let reader = f.access.issue(&system(), "reader", &[Scope::KeysRead], None).await.unwrap();
+        f.access
+            .issue(&system(), "root", &[Scope::Admin], None)
+            .await
+            .unwrap();
+        let reader = f
+            .access
+            .issue(&system(), "reader", &[Scope::KeysRead], None)
+            .await
+            .unwrap();
         let ctx = RequestContext {
             principal: Some(f.access.authenticate(reader.token.expose_secret()).unwrap()),
             ..RequestContext::default()
         };
         assert_eq!(
-            f.access.issue(&ctx, "mine", &[Scope::Admin], None).await.unwrap_err().code(),
+            f.access
+                .issue(&ctx, "mine", &[Scope::Admin], None)
+                .await
+                .unwrap_err()
+                .code(),
             ErrorCode::Forbidden
         );
         assert!(f.access.list(&ctx).await.is_err());
         let records = f
             .audit
-            .query(&custos_audit::AuditQuery { limit: 100, ..Default::default() })
+            .query(&custos_audit::AuditQuery {
+                limit: 100,
+                ..Default::default()
+            })
             .await
             .unwrap();
         let denied: Vec<_> = records

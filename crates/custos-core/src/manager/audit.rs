@@ -12,7 +12,10 @@ impl KeyManager {
         ctx: &RequestContext,
         query: &AuditQuery,
     ) -> Result<Vec<AuditRecord>, CoreError> {
-        audited::authorize(&self.audit, ctx, Operation::ReadAudit, || ctx.entry("audit_query")).await?;
+        audited::authorize(&self.audit, ctx, Operation::ReadAudit, || {
+            ctx.entry("audit_query")
+        })
+        .await?;
         self.audit.query(query).await
     }
 
@@ -35,8 +38,14 @@ impl KeyManager {
         &self,
         ctx: &RequestContext,
     ) -> Result<Result<VerifyReport, VerifyFailure>, CoreError> {
-        audited::authorize(&self.audit, ctx, Operation::ReadAudit, || ctx.entry("audit_verify")).await?;
+        audited::authorize(&self.audit, ctx, Operation::ReadAudit, || {
+            ctx.entry("audit_verify")
+        })
+        .await?;
         let export = self.audit.export().await?;
-        Ok(custos_audit::verify_export(&export, self.audit.public_key()))
+        Ok(custos_audit::verify_export(
+            &export,
+            self.audit.public_key(),
+        ))
     }
 }

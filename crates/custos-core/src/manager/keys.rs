@@ -59,11 +59,12 @@ impl KeyStateChange {
         let invalid = |why: String| CoreError::bad(ErrorCode::InvalidKeyState, why);
         match (self, current) {
             (_, KeyState::Destroyed) => Err(invalid(format!("key {id} is destroyed"))),
-            (KeyStateChange::Enable | KeyStateChange::Disable, KeyState::PendingDeletion { .. }) => {
-                Err(invalid(format!(
-                    "key {id} is pending deletion: cancel the deletion first"
-                )))
-            }
+            (
+                KeyStateChange::Enable | KeyStateChange::Disable,
+                KeyState::PendingDeletion { .. },
+            ) => Err(invalid(format!(
+                "key {id} is pending deletion: cancel the deletion first"
+            ))),
             (KeyStateChange::Enable, _) => Ok(KeyState::Enabled),
             (KeyStateChange::Disable, _) => Ok(KeyState::Disabled),
             (KeyStateChange::ScheduleDeletion { .. }, KeyState::PendingDeletion { .. }) => {
@@ -101,8 +102,15 @@ fn describe_key(key: &Arc<KeyRecord>, entry: &mut custos_audit::AuditEntry) {
 
 impl KeyManager {
     /// One key; needs `keys:read`.
-    pub async fn key(&self, ctx: &RequestContext, name: &KeyName) -> Result<Arc<KeyRecord>, CoreError> {
-        audited::authorize(&self.audit, ctx, Operation::ReadKeys, || ctx.entry("key_read")).await?;
+    pub async fn key(
+        &self,
+        ctx: &RequestContext,
+        name: &KeyName,
+    ) -> Result<Arc<KeyRecord>, CoreError> {
+        audited::authorize(&self.audit, ctx, Operation::ReadKeys, || {
+            ctx.entry("key_read")
+        })
+        .await?;
         self.registry().get(name)
     }
 
@@ -127,7 +135,10 @@ impl KeyManager {
 
     /// Every key, ordered by name; needs `keys:read`.
     pub async fn list_keys(&self, ctx: &RequestContext) -> Result<Vec<Arc<KeyRecord>>, CoreError> {
-        audited::authorize(&self.audit, ctx, Operation::ReadKeys, || ctx.entry("key_list")).await?;
+        audited::authorize(&self.audit, ctx, Operation::ReadKeys, || {
+            ctx.entry("key_list")
+        })
+        .await?;
         self.registry().list()
     }
 
@@ -165,8 +176,13 @@ impl KeyManager {
             ctx,
             Operation::CreateKey,
             entry,
-            self.lifecycle
-                .create(name, algorithm, chain, Origin::Generate, check_description(description)?),
+            self.lifecycle.create(
+                name,
+                algorithm,
+                chain,
+                Origin::Generate,
+                check_description(description)?,
+            ),
             describe_key,
         )
         .await
@@ -270,8 +286,15 @@ impl KeyManager {
             let description = check_description(description)?;
             self.lifecycle.set_description(name, &description).await
         };
-        audited::run(&self.audit, ctx, Operation::ManageKey(name.as_str()), entry, work, |_, _| {})
-            .await
+        audited::run(
+            &self.audit,
+            ctx,
+            Operation::ManageKey(name.as_str()),
+            entry,
+            work,
+            |_, _| {},
+        )
+        .await
     }
 
     /// The tags of a key or sealing key id; needs `keys:read`.
@@ -280,7 +303,10 @@ impl KeyManager {
         ctx: &RequestContext,
         id: &str,
     ) -> Result<BTreeMap<String, String>, CoreError> {
-        audited::authorize(&self.audit, ctx, Operation::ReadKeys, || ctx.entry("tag_list")).await?;
+        audited::authorize(&self.audit, ctx, Operation::ReadKeys, || {
+            ctx.entry("tag_list")
+        })
+        .await?;
         Ok(self.store.tags(id).await?)
     }
 
@@ -316,12 +342,22 @@ impl KeyManager {
             }
             Ok(self.store.update_tags(id, &set, &remove).await?)
         };
-        audited::run(&self.audit, ctx, Operation::ManageKey(id), entry, work, |_, _| {}).await
+        audited::run(
+            &self.audit,
+            ctx,
+            Operation::ManageKey(id),
+            entry,
+            work,
+            |_, _| {},
+        )
+        .await
     }
 }
 
 fn check_description(description: String) -> Result<String, CoreError> {
-    if description.chars().count() > 8192 || description.chars().any(|c| c.is_control() && c != '\n') {
+    if description.chars().count() > 8192
+        || description.chars().any(|c| c.is_control() && c != '\n')
+    {
         return Err(CoreError::bad(
             ErrorCode::InvalidRequest,
             "a description is at most 8192 printable characters",
@@ -347,23 +383,39 @@ mod tests {
             }
         );
         let code = |change: KeyStateChange, from| change.apply("k", from, now).unwrap_err().code();
-        assert_eq!(code(KeyStateChange::Enable, pending), ErrorCode::InvalidKeyState);
+        assert_eq!(
+            code(KeyStateChange::Enable, pending),
+            ErrorCode::InvalidKeyState
+        );
         assert_eq!(
             code(KeyStateChange::ScheduleDeletion { days: 7 }, pending),
             ErrorCode::InvalidKeyState
         );
         assert_eq!(
-            code(KeyStateChange::ScheduleDeletion { days: 6 }, KeyState::Enabled),
+            code(
+                KeyStateChange::ScheduleDeletion { days: 6 },
+                KeyState::Enabled
+            ),
             ErrorCode::InvalidRequest
         );
-        assert_eq!(code(KeyStateChange::CancelDeletion, KeyState::Enabled), ErrorCode::InvalidKeyState);
-        assert_eq!(code(KeyStateChange::Enable, KeyState::Destroyed), ErrorCode::InvalidKeyState);
         assert_eq!(
-            KeyStateChange::CancelDeletion.apply("k", pending, now).unwrap(),
+            code(KeyStateChange::CancelDeletion, KeyState::Enabled),
+            ErrorCode::InvalidKeyState
+        );
+        assert_eq!(
+            code(KeyStateChange::Enable, KeyState::Destroyed),
+            ErrorCode::InvalidKeyState
+        );
+        assert_eq!(
+            KeyStateChange::CancelDeletion
+                .apply("k", pending, now)
+                .unwrap(),
             KeyState::Disabled
         );
         assert_eq!(
-            KeyStateChange::Disable.apply("k", KeyState::Enabled, now).unwrap(),
+            KeyStateChange::Disable
+                .apply("k", KeyState::Enabled, now)
+                .unwrap(),
             KeyState::Disabled
         );
     }

@@ -33,7 +33,9 @@ use crate::guard::Guard;
 use crate::lifecycle::Lifecycle;
 use crate::registry::Registry;
 use crate::rotation::Rotator;
-use crate::{AuditLog, Clock, CoreError, Events, FailoverConfig, Limits, Metrics, Policies, SystemClock};
+use crate::{
+    AuditLog, Clock, CoreError, Events, FailoverConfig, Limits, Metrics, Policies, SystemClock,
+};
 
 /// Signatures cached unless configured otherwise.
 pub const DEFAULT_CACHE_SIZE: usize = 10_000;
@@ -96,7 +98,14 @@ pub struct KeyManager {
 impl std::fmt::Debug for KeyManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyManager")
-            .field("providers", &self.chain.all().map(|p| p.name().to_string()).collect::<Vec<_>>())
+            .field(
+                "providers",
+                &self
+                    .chain
+                    .all()
+                    .map(|p| p.name().to_string())
+                    .collect::<Vec<_>>(),
+            )
             .field("limits", &self.limits)
             .field("policies", &self.policies.names())
             .finish_non_exhaustive()
@@ -126,7 +135,11 @@ impl KeyManager {
         } = settings;
         let emergency = match (failover.emergency.enabled, emergency_provider) {
             (false, _) => None,
-            (true, Some(provider)) => Some(Emergency::new(provider, Arc::clone(&store), Arc::clone(&clock))),
+            (true, Some(provider)) => Some(Emergency::new(
+                provider,
+                Arc::clone(&store),
+                Arc::clone(&clock),
+            )),
             (true, None) => {
                 return Err(CoreError::Internal(
                     "emergency mode is on but no emergency provider was given".into(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use custos_store::StoreError;
 use custos_types::{
-    AliasRecord, Algorithm, ClientKeyRecord, ErrorCode, ImportRecord, ImportWrapping, KeyKind,
+    Algorithm, AliasRecord, ClientKeyRecord, ErrorCode, ImportRecord, ImportWrapping, KeyKind,
     KeyName, KeyRecord, KeyState, PrivateKey, PublicKey, SealingKeyRecord,
 };
 use rand_core::{OsRng, RngCore as _};
@@ -87,7 +87,10 @@ impl KeyManager {
 
     /// Every alias; needs `keys:read`.
     pub async fn list_aliases(&self, ctx: &RequestContext) -> Result<Vec<AliasRecord>, CoreError> {
-        audited::authorize(&self.audit, ctx, Operation::ReadKeys, || ctx.entry("alias_list")).await?;
+        audited::authorize(&self.audit, ctx, Operation::ReadKeys, || {
+            ctx.entry("alias_list")
+        })
+        .await?;
         Ok(self.store.list_aliases().await?)
     }
 
@@ -132,7 +135,15 @@ impl KeyManager {
                 other => Ok(other?),
             }
         };
-        audited::run(&self.audit, ctx, Operation::CreateKey, entry, work, |_, _| {}).await
+        audited::run(
+            &self.audit,
+            ctx,
+            Operation::CreateKey,
+            entry,
+            work,
+            |_, _| {},
+        )
+        .await
     }
 
     /// Points an alias at another key id; needs `keys:rotate` on the new target.
@@ -152,7 +163,11 @@ impl KeyManager {
                     format!("no key with id {target}"),
                 ));
             }
-            match self.store.retarget_alias(name, target, self.clock.now()).await {
+            match self
+                .store
+                .retarget_alias(name, target, self.clock.now())
+                .await
+            {
                 Err(StoreError::NotFound(_)) => Err(CoreError::bad(
                     ErrorCode::AliasNotFound,
                     format!("no alias {name}"),
@@ -160,14 +175,23 @@ impl KeyManager {
                 other => Ok(other?),
             }
         };
-        audited::run(&self.audit, ctx, Operation::ManageKey(target), entry, work, |_, _| {}).await
+        audited::run(
+            &self.audit,
+            ctx,
+            Operation::ManageKey(target),
+            entry,
+            work,
+            |_, _| {},
+        )
+        .await
     }
 
     /// Removes an alias; needs `keys:rotate` on its target.
     pub async fn delete_alias(&self, ctx: &RequestContext, name: &str) -> Result<(), CoreError> {
-        let target = self.alias_target(name).await?.ok_or_else(|| {
-            CoreError::bad(ErrorCode::AliasNotFound, format!("no alias {name}"))
-        })?;
+        let target = self
+            .alias_target(name)
+            .await?
+            .ok_or_else(|| CoreError::bad(ErrorCode::AliasNotFound, format!("no alias {name}")))?;
         let mut entry = ctx.entry("alias_delete");
         entry.subject = Some(name.chars().take(256).collect());
         audited::run(
@@ -193,7 +217,10 @@ impl KeyManager {
         &self,
         ctx: &RequestContext,
     ) -> Result<Vec<SealingKeyRecord>, CoreError> {
-        audited::authorize(&self.audit, ctx, Operation::ReadKeys, || ctx.entry("key_list")).await?;
+        audited::authorize(&self.audit, ctx, Operation::ReadKeys, || {
+            ctx.entry("key_list")
+        })
+        .await?;
         Ok(self.store.list_sealing_keys().await?)
     }
 
@@ -217,15 +244,23 @@ impl KeyManager {
             self.store.create_sealing_key(&record).await?;
             Ok(record)
         };
-        audited::run(&self.audit, ctx, Operation::CreateKey, entry, work, |r, e| {
-            e.provider = Some(r.provider.to_string())
-        })
+        audited::run(
+            &self.audit,
+            ctx,
+            Operation::CreateKey,
+            entry,
+            work,
+            |r, e| e.provider = Some(r.provider.to_string()),
+        )
         .await
     }
 
     async fn usable_sealing_key(&self, id: &str) -> Result<SealingKeyRecord, CoreError> {
         let key = self.store.get_sealing_key(id).await?.ok_or_else(|| {
-            CoreError::bad(ErrorCode::KeyNotFound, format!("no sealing key with id {id}"))
+            CoreError::bad(
+                ErrorCode::KeyNotFound,
+                format!("no sealing key with id {id}"),
+            )
         })?;
         if !key.state.is_usable() {
             return Err(CoreError::KeyUnusable {
@@ -261,7 +296,15 @@ impl KeyManager {
                 .seal(plaintext, &Self::sealing_context(id, context))
                 .await?)
         };
-        audited::run(&self.audit, ctx, Operation::Sign(id), entry, work, |_, _| {}).await
+        audited::run(
+            &self.audit,
+            ctx,
+            Operation::Sign(id),
+            entry,
+            work,
+            |_, _| {},
+        )
+        .await
     }
 
     /// Opens what [`KeyManager::seal_with`] made with the same key and context; needs `sign:<id>`.
@@ -289,7 +332,15 @@ impl KeyManager {
                     other => other.into(),
                 })
         };
-        audited::run(&self.audit, ctx, Operation::Sign(id), entry, work, |_, _| {}).await
+        audited::run(
+            &self.audit,
+            ctx,
+            Operation::Sign(id),
+            entry,
+            work,
+            |_, _| {},
+        )
+        .await
     }
 
     /// Changes the state of whatever `id` names: a Custos key, a sealing key or a pending import.
@@ -330,7 +381,10 @@ impl KeyManager {
                 self.store.set_import_state(id, state).await?;
                 return Ok(state);
             }
-            Err(CoreError::bad(ErrorCode::KeyNotFound, format!("no key with id {id}")))
+            Err(CoreError::bad(
+                ErrorCode::KeyNotFound,
+                format!("no key with id {id}"),
+            ))
         };
         audited::run(&self.audit, ctx, op, entry, work, |state, e| {
             e.subject = Some(state.to_string())
@@ -340,7 +394,11 @@ impl KeyManager {
 
     /// Destroys sealing keys and pending imports whose scheduled deletion came due (run by the
     /// scheduler). Failures are logged and retried at the next pass.
-    pub(super) async fn destroy_due_records(&self, ctx: &RequestContext, now: custos_types::Timestamp) {
+    pub(super) async fn destroy_due_records(
+        &self,
+        ctx: &RequestContext,
+        now: custos_types::Timestamp,
+    ) {
         let due = |state: KeyState| state.deletion_date().is_some_and(|at| at <= now);
         let sealing = self.store.list_sealing_keys().await.unwrap_or_default();
         for key in sealing.into_iter().filter(|k| due(k.state)) {
@@ -351,7 +409,12 @@ impl KeyManager {
                 ctx,
                 Operation::DeleteKey(&key.id),
                 entry,
-                async { Ok(self.store.set_sealing_key_state(&key.id, KeyState::Destroyed).await?) },
+                async {
+                    Ok(self
+                        .store
+                        .set_sealing_key_state(&key.id, KeyState::Destroyed)
+                        .await?)
+                },
                 |_, _| {},
             )
             .await;
@@ -365,7 +428,10 @@ impl KeyManager {
             entry.key = Some(import.id.clone());
             let work = async {
                 self.store.set_import_wrapping(&import.id, None).await?;
-                Ok(self.store.set_import_state(&import.id, KeyState::Destroyed).await?)
+                Ok(self
+                    .store
+                    .set_import_state(&import.id, KeyState::Destroyed)
+                    .await?)
             };
             if let Err(e) = audited::run(
                 &self.audit,
@@ -391,7 +457,10 @@ impl KeyManager {
 
     /// Every pending import; needs `keys:read`.
     pub async fn list_imports(&self, ctx: &RequestContext) -> Result<Vec<ImportRecord>, CoreError> {
-        audited::authorize(&self.audit, ctx, Operation::ReadKeys, || ctx.entry("key_list")).await?;
+        audited::authorize(&self.audit, ctx, Operation::ReadKeys, || {
+            ctx.entry("key_list")
+        })
+        .await?;
         Ok(self.store.list_imports().await?)
     }
 
@@ -419,7 +488,15 @@ impl KeyManager {
             self.store.create_import(&record).await?;
             Ok(record)
         };
-        audited::run(&self.audit, ctx, Operation::CreateKey, entry, work, |_, _| {}).await
+        audited::run(
+            &self.audit,
+            ctx,
+            Operation::CreateKey,
+            entry,
+            work,
+            |_, _| {},
+        )
+        .await
     }
 
     /// A fresh one-time RSA wrapping key and token for a pending import (valid 24 hours, replacing any
@@ -468,7 +545,15 @@ impl KeyManager {
                 valid_to,
             })
         };
-        audited::run(&self.audit, ctx, Operation::CreateKey, entry, work, |_, _| {}).await
+        audited::run(
+            &self.audit,
+            ctx,
+            Operation::CreateKey,
+            entry,
+            work,
+            |_, _| {},
+        )
+        .await
     }
 
     async fn pending_import(&self, id: &str) -> Result<ImportRecord, CoreError> {
@@ -527,13 +612,20 @@ impl KeyManager {
             }
             attempt
         };
-        audited::run(&self.audit, ctx, Operation::CreateKey, entry, work, |key, e| {
-            e.version = Some(1);
-            e.provider = key
-                .current()
-                .and_then(|v| v.locations.first())
-                .map(|l| l.provider.to_string());
-        })
+        audited::run(
+            &self.audit,
+            ctx,
+            Operation::CreateKey,
+            entry,
+            work,
+            |key, e| {
+                e.version = Some(1);
+                e.provider = key
+                    .current()
+                    .and_then(|v| v.locations.first())
+                    .map(|l| l.provider.to_string());
+            },
+        )
         .await
     }
 
@@ -591,7 +683,10 @@ impl KeyManager {
         attributes: BTreeMap<String, String>,
     ) -> Result<ClientKeyRecord, CoreError> {
         let mut entry = ctx.entry("client_key_store");
-        entry.subject = Some(format!("{namespace} {}", id.chars().take(24).collect::<String>()));
+        entry.subject = Some(format!(
+            "{namespace} {}",
+            id.chars().take(24).collect::<String>()
+        ));
         let work = async {
             if self.store.get_client_key(namespace, id).await?.is_some() {
                 return Err(CoreError::bad(
@@ -599,12 +694,22 @@ impl KeyManager {
                     format!("{namespace} already has a key {id}"),
                 ));
             }
-            let sealed = self.chain.default_provider().seal(material, context).await?;
+            let sealed = self
+                .chain
+                .default_provider()
+                .seal(material, context)
+                .await?;
             let key = match signing {
                 None => None,
-                Some(format) => match self.import_client_material(namespace, &sealed, context, format).await {
+                Some(format) => match self
+                    .import_client_material(namespace, &sealed, context, format)
+                    .await
+                {
                     Ok(key) => Some(key.name.clone()),
-                    Err(CoreError::Refused { code: ErrorCode::InvalidPayload, .. }) => None,
+                    Err(CoreError::Refused {
+                        code: ErrorCode::InvalidPayload,
+                        ..
+                    }) => None,
                     Err(e) => return Err(e),
                 },
             };
@@ -624,8 +729,10 @@ impl KeyManager {
                 other => other.map(|()| record).map_err(CoreError::from),
             }
         };
-        audited::run(&self.audit, ctx, op, entry, work, |r, e| e.key = r.key.as_ref().map(|k| k.to_string()))
-            .await
+        audited::run(&self.audit, ctx, op, entry, work, |r, e| {
+            e.key = r.key.as_ref().map(|k| k.to_string())
+        })
+        .await
     }
 
     async fn import_client_material(
@@ -805,7 +912,11 @@ impl KeyManager {
                     "this key was generated by Custos and never leaves its provider",
                 )
             })?;
-            Ok(self.chain.default_provider().unseal(sealed, context).await?)
+            Ok(self
+                .chain
+                .default_provider()
+                .unseal(sealed, context)
+                .await?)
         };
         audited::run(&self.audit, ctx, op, entry, work, |_, _| {}).await
     }
@@ -830,7 +941,13 @@ impl KeyManager {
             ctx,
             op,
             entry,
-            async { Ok(self.chain.default_provider().seal(plaintext, context).await?) },
+            async {
+                Ok(self
+                    .chain
+                    .default_provider()
+                    .seal(plaintext, context)
+                    .await?)
+            },
             |_, _| {},
         )
         .await
@@ -859,9 +976,14 @@ impl KeyManager {
                     other => other.into(),
                 })
         };
-        audited::run(&self.audit, ctx, op, ctx.entry(operation), work, |secret, e| {
-            e.subject = Some(format!("{} bytes", secret.len()))
-        })
+        audited::run(
+            &self.audit,
+            ctx,
+            op,
+            ctx.entry(operation),
+            work,
+            |secret, e| e.subject = Some(format!("{} bytes", secret.len())),
+        )
         .await
     }
 }

@@ -71,8 +71,10 @@ impl KeyManager {
         ctx: &RequestContext,
         name: &KeyName,
     ) -> Result<Option<RotationPolicy>, CoreError> {
-        audited::authorize(&self.audit, ctx, Operation::ReadKeys, || ctx.entry("rotation_policy_read"))
-            .await?;
+        audited::authorize(&self.audit, ctx, Operation::ReadKeys, || {
+            ctx.entry("rotation_policy_read")
+        })
+        .await?;
         self.registry().get(name)?;
         self.rotator.policy(name).await
     }
@@ -189,7 +191,9 @@ impl KeyManager {
     ) -> Result<Vec<KeyName>, CoreError> {
         let now = self.clock.now();
         let until = now
-            .checked_add(jiff::SignedDuration::try_from(lease).unwrap_or(jiff::SignedDuration::ZERO))
+            .checked_add(
+                jiff::SignedDuration::try_from(lease).unwrap_or(jiff::SignedDuration::ZERO),
+            )
             .unwrap_or(now);
         if !self
             .store
@@ -296,8 +300,11 @@ impl KeyManager {
                     ctx,
                     Operation::RotateKey(key.name.as_str()),
                     entry,
-                    self.lifecycle
-                        .set_version_state(&key.name, version.version, VersionState::Disabled),
+                    self.lifecycle.set_version_state(
+                        &key.name,
+                        version.version,
+                        VersionState::Disabled,
+                    ),
                     |_, _| {},
                 )
                 .await?;

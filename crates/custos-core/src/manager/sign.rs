@@ -153,8 +153,12 @@ impl KeyManager {
         }
         let mut tasks = Vec::new();
         for part in items.chunks(chunk) {
-            let (manager, key, part, ctx) =
-                (Arc::clone(self), Arc::clone(&key), part.to_vec(), ctx.clone());
+            let (manager, key, part, ctx) = (
+                Arc::clone(self),
+                Arc::clone(&key),
+                part.to_vec(),
+                ctx.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 let mut results = Vec::with_capacity(part.len());
                 for item in &part {
@@ -182,7 +186,9 @@ impl KeyManager {
         operation: &'static str,
     ) -> Result<SignOutcome, CoreError> {
         usable(key)?;
-        let payload = self.limits.payload(key.algorithm, &request.input, request.hash)?;
+        let payload = self
+            .limits
+            .payload(key.algorithm, &request.input, request.hash)?;
         let version = signing_version(key, request.version)?;
         let message = match &request.input {
             SignInput::Message(m) => Some(m.as_slice()),
@@ -202,9 +208,13 @@ impl KeyManager {
         match request.sequence {
             Some(sequence) => {
                 self.guard
-                    .sign(key, &payload, sequence, self.limits.max_sequence_jump, || {
-                        self.sign_payload(input, version)
-                    })
+                    .sign(
+                        key,
+                        &payload,
+                        sequence,
+                        self.limits.max_sequence_jump,
+                        || self.sign_payload(input, version),
+                    )
                     .await
             }
             None => self.sign_cached(input, version).await,
@@ -346,10 +356,17 @@ impl KeyManager {
                 .await?;
             Ok((version.version, provider, signature))
         };
-        audited::run(&self.audit, ctx, op, entry, work, |(version, provider, _), e| {
-            e.version = Some(version.0);
-            e.provider = Some(provider.to_string());
-        })
+        audited::run(
+            &self.audit,
+            ctx,
+            op,
+            entry,
+            work,
+            |(version, provider, _), e| {
+                e.version = Some(version.0);
+                e.provider = Some(provider.to_string());
+            },
+        )
         .await
         .map(|(_, _, signature)| signature)
     }
@@ -385,7 +402,9 @@ impl KeyManager {
     ) -> Result<VerifyOutcome, CoreError> {
         let key = self.registry().get(name)?;
         usable(&key)?;
-        let payload = self.limits.payload(key.algorithm, &request.input, request.hash)?;
+        let payload = self
+            .limits
+            .payload(key.algorithm, &request.input, request.hash)?;
         let mut candidates: Vec<&VersionRecord> = match request.version {
             Some(v) => vec![key.version(v).ok_or_else(|| CoreError::VersionNotFound {
                 key: key.name.clone(),

@@ -89,7 +89,9 @@ impl Rotator {
                 policy.validate()?;
                 let bytes =
                     serde_json::to_vec(policy).map_err(|e| CoreError::Internal(e.to_string()))?;
-                self.store().put_setting(&policy_setting(name), &bytes).await?;
+                self.store()
+                    .put_setting(&policy_setting(name), &bytes)
+                    .await?;
             }
             None => self.store().delete_setting(&policy_setting(name)).await?,
         }
@@ -108,7 +110,10 @@ impl Rotator {
 
     /// Rotates by the persisted state machine: resumes a recorded job, or starts one. Returns the key
     /// and where its backup went (or why there is none).
-    pub(crate) async fn rotate(&self, name: &KeyName) -> Result<(Arc<KeyRecord>, String), CoreError> {
+    pub(crate) async fn rotate(
+        &self,
+        name: &KeyName,
+    ) -> Result<(Arc<KeyRecord>, String), CoreError> {
         let lifecycle = &self.lifecycle;
         let _guard = lifecycle.admin.lock().await;
         let key = lifecycle.registry.get(name)?;
@@ -136,7 +141,10 @@ impl Rotator {
                     .max()
                     .unwrap_or(KeyVersion(0));
                 let target = highest.next().ok_or_else(|| {
-                    CoreError::bad(ErrorCode::VersionLimit, "the key has no version numbers left")
+                    CoreError::bad(
+                        ErrorCode::VersionLimit,
+                        "the key has no version numbers left",
+                    )
                 })?;
                 let job = RotationJob {
                     target,
@@ -181,8 +189,8 @@ impl Rotator {
     }
 
     async fn save_job(&self, name: &KeyName, job: &RotationJob) -> Result<(), CoreError> {
-        let bytes =
-            serde_json::to_vec(job).map_err(|e| CoreError::Internal(format!("rotation job: {e}")))?;
+        let bytes = serde_json::to_vec(job)
+            .map_err(|e| CoreError::Internal(format!("rotation job: {e}")))?;
         Ok(self.store().put_setting(&job_setting(name), &bytes).await?)
     }
 

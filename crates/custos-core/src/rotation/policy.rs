@@ -207,7 +207,10 @@ mod tests {
             (policy("UTC", "25:00:00", 30), "rotation_time"),
             (policy("UTC", "00:00:00", 0), "interval_days"),
             (policy("UTC", "00:00:00", 4_294_967_295), "interval_days"),
-            (policy("UTC", "00:00:00", MAX_INTERVAL_DAYS + 1), "interval_days"),
+            (
+                policy("UTC", "00:00:00", MAX_INTERVAL_DAYS + 1),
+                "interval_days",
+            ),
             (
                 RotationPolicy {
                     overlap_days: 30,

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use custos_core::{
-    Access, AuditConfig, AuditLog, KeyManager, ManualClock, Metrics, RequestContext, Scope,
-    Scopes, Settings, SignInput, SignRequest,
+    Access, AuditConfig, AuditLog, KeyManager, ManualClock, Metrics, RequestContext, Scope, Scopes,
+    Settings, SignInput, SignRequest,
 };
 use custos_provider::KeyProvider;
 use custos_provider_soft::{KdfParams, SoftProvider};
@@ -50,7 +50,13 @@ impl Harness {
 
     /// The same data directory opened again, as after a restart.
     pub async fn reopen(self) -> Harness {
-        let Harness { dir, clock, km, access, store } = self;
+        let Harness {
+            dir,
+            clock,
+            km,
+            access,
+            store,
+        } = self;
         drop((km, access, store));
         let (km, access, store) = open(dir.path(), Settings::default(), Arc::clone(&clock)).await;
         Harness {
@@ -75,7 +81,11 @@ impl Harness {
             .unwrap();
         RequestContext {
             request_id: "test".into(),
-            principal: Some(self.access.authenticate(issued.token.expose_secret()).unwrap()),
+            principal: Some(
+                self.access
+                    .authenticate(issued.token.expose_secret())
+                    .unwrap(),
+            ),
             ..RequestContext::default()
         }
     }
@@ -119,9 +129,14 @@ async fn open(
     .await
     .unwrap();
     let access = Arc::new(
-        Access::load(Arc::clone(&store), Arc::clone(&audit), Scopes::default(), clock.clone())
-            .await
-            .unwrap(),
+        Access::load(
+            Arc::clone(&store),
+            Arc::clone(&audit),
+            Scopes::default(),
+            clock.clone(),
+        )
+        .await
+        .unwrap(),
     );
     let km = KeyManager::open(
         Arc::clone(&store),
@@ -129,10 +144,7 @@ async fn open(
         ProviderName::new("soft").unwrap(),
         audit,
         metrics,
-        Settings {
-            clock,
-            ..settings
-        },
+        Settings { clock, ..settings },
     )
     .await
     .unwrap();

@@ -8,7 +8,11 @@ use crate::requests::{self, decode};
 use crate::{KmsApi, KmsError};
 
 fn check_name(alias: &str) -> Result<(), KmsError> {
-    if !alias.starts_with("alias/") || alias.starts_with("alias/aws/") || alias.len() > 256 || alias.len() < 7 {
+    if !alias.starts_with("alias/")
+        || alias.starts_with("alias/aws/")
+        || alias.len() > 256
+        || alias.len() < 7
+    {
         return Err(KmsError::validation(
             "AliasName must begin with alias/ (and not alias/aws/) and be at most 256 characters",
         ));
@@ -16,7 +20,11 @@ fn check_name(alias: &str) -> Result<(), KmsError> {
     Ok(())
 }
 
-pub(super) async fn create_alias(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> Result<Value, KmsError> {
+pub(super) async fn create_alias(
+    api: &KmsApi,
+    ctx: &RequestContext,
+    body: &[u8],
+) -> Result<Value, KmsError> {
     let request: requests::Alias = decode(body)?;
     check_name(&request.alias_name)?;
     let key = api.resolve(&request.target_key_id).await?;
@@ -36,21 +44,35 @@ pub(super) async fn create_alias(api: &KmsApi, ctx: &RequestContext, body: &[u8]
     Ok(json!({}))
 }
 
-pub(super) async fn update_alias(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> Result<Value, KmsError> {
+pub(super) async fn update_alias(
+    api: &KmsApi,
+    ctx: &RequestContext,
+    body: &[u8],
+) -> Result<Value, KmsError> {
     let request: requests::Alias = decode(body)?;
     check_name(&request.alias_name)?;
     let key = api.resolve(&request.target_key_id).await?;
-    api.keys.update_alias(ctx, &request.alias_name, key.id()).await?;
+    api.keys
+        .update_alias(ctx, &request.alias_name, key.id())
+        .await?;
     Ok(json!({}))
 }
 
-pub(super) async fn delete_alias(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> Result<Value, KmsError> {
+pub(super) async fn delete_alias(
+    api: &KmsApi,
+    ctx: &RequestContext,
+    body: &[u8],
+) -> Result<Value, KmsError> {
     let request: requests::DeleteAlias = decode(body)?;
     api.keys.delete_alias(ctx, &request.alias_name).await?;
     Ok(json!({}))
 }
 
-pub(super) async fn list_aliases(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> Result<Value, KmsError> {
+pub(super) async fn list_aliases(
+    api: &KmsApi,
+    ctx: &RequestContext,
+    body: &[u8],
+) -> Result<Value, KmsError> {
     let request: requests::List = decode(body)?;
     let filter = match &request.key_id {
         Some(id) => Some(api.resolve(id).await?.id().to_owned()),

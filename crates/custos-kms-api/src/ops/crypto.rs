@@ -58,23 +58,29 @@ fn sign_input(
     if message.is_empty() || message.len() > MAX_MESSAGE {
         return Err(KmsError::validation("Message must be 1 to 4096 bytes"));
     }
-    let (input, hash) = match (message_type.unwrap_or("RAW"), record.algorithm) {
-        ("RAW", Algorithm::Ed25519) => (SignInput::Message(message.to_vec()), None),
-        ("RAW", _) => (SignInput::Message(message.to_vec()), Some(HashAlgorithm::Sha256)),
-        ("DIGEST", Algorithm::Ed25519) => {
-            return Err(KmsError::validation(
+    let (input, hash) =
+        match (message_type.unwrap_or("RAW"), record.algorithm) {
+            ("RAW", Algorithm::Ed25519) => (SignInput::Message(message.to_vec()), None),
+            ("RAW", _) => (
+                SignInput::Message(message.to_vec()),
+                Some(HashAlgorithm::Sha256),
+            ),
+            ("DIGEST", Algorithm::Ed25519) => return Err(KmsError::validation(
                 "ED25519_SHA_512 signs RAW messages; DIGEST needs ED25519_PH_SHA_512 (Ed25519ph), \
                  which Custos does not offer",
-            ))
-        }
-        ("DIGEST", _) if message.len() == 32 => (SignInput::Digest(message.to_vec()), None),
-        ("DIGEST", _) => return Err(KmsError::validation("a DIGEST for ECDSA_SHA_256 is 32 bytes")),
-        (other, _) => {
-            return Err(KmsError::validation(format!(
-                "MessageType {other} is not RAW or DIGEST"
-            )))
-        }
-    };
+            )),
+            ("DIGEST", _) if message.len() == 32 => (SignInput::Digest(message.to_vec()), None),
+            ("DIGEST", _) => {
+                return Err(KmsError::validation(
+                    "a DIGEST for ECDSA_SHA_256 is 32 bytes",
+                ))
+            }
+            (other, _) => {
+                return Err(KmsError::validation(format!(
+                    "MessageType {other} is not RAW or DIGEST"
+                )))
+            }
+        };
     let format = if record.algorithm.is_ecdsa() {
         SignatureFormat::Der
     } else {
@@ -83,7 +89,11 @@ fn sign_input(
     Ok((input, hash, format))
 }
 
-pub(super) async fn sign(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> Result<Value, KmsError> {
+pub(super) async fn sign(
+    api: &KmsApi,
+    ctx: &RequestContext,
+    body: &[u8],
+) -> Result<Value, KmsError> {
     let request: requests::Sign = decode(body)?;
     let record = signing_key(api, ctx, &request.key_id, false).await?;
     let (input, hash, format) = sign_input(
@@ -120,7 +130,11 @@ pub(super) async fn sign(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> Res
     }))
 }
 
-pub(super) async fn verify(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> Result<Value, KmsError> {
+pub(super) async fn verify(
+    api: &KmsApi,
+    ctx: &RequestContext,
+    body: &[u8],
+) -> Result<Value, KmsError> {
     let request: requests::Verify = decode(body)?;
     let record = signing_key(api, ctx, &request.key_id, true).await?;
     let (input, hash, format) = sign_input(
@@ -222,7 +236,11 @@ fn check_algorithm(algorithm: Option<&str>) -> Result<(), KmsError> {
     }
 }
 
-pub(super) async fn encrypt(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> Result<Value, KmsError> {
+pub(super) async fn encrypt(
+    api: &KmsApi,
+    ctx: &RequestContext,
+    body: &[u8],
+) -> Result<Value, KmsError> {
     let request: requests::Encrypt = decode(body)?;
     check_algorithm(request.encryption_algorithm.as_deref())?;
     let id = symmetric(api, &request.key_id, "Encrypt").await?;
@@ -232,7 +250,12 @@ pub(super) async fn encrypt(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> 
     }
     let sealed = api
         .keys
-        .seal_with(ctx, &id, plaintext, &context_bytes(&request.encryption_context))
+        .seal_with(
+            ctx,
+            &id,
+            plaintext,
+            &context_bytes(&request.encryption_context),
+        )
         .await?;
     Ok(json!({
         "CiphertextBlob": B64.encode(blob(&id, &sealed)?),
@@ -241,7 +264,11 @@ pub(super) async fn encrypt(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> 
     }))
 }
 
-pub(super) async fn decrypt(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> Result<Value, KmsError> {
+pub(super) async fn decrypt(
+    api: &KmsApi,
+    ctx: &RequestContext,
+    body: &[u8],
+) -> Result<Value, KmsError> {
     let request: requests::Decrypt = decode(body)?;
     check_algorithm(request.encryption_algorithm.as_deref())?;
     let (id, sealed) = blob_key_id(&request.ciphertext_blob.0)?;
@@ -259,7 +286,12 @@ pub(super) async fn decrypt(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> 
     };
     let plaintext = api
         .keys
-        .unseal_with(ctx, &id, sealed, &context_bytes(&request.encryption_context))
+        .unseal_with(
+            ctx,
+            &id,
+            sealed,
+            &context_bytes(&request.encryption_context),
+        )
         .await
         .map_err(|e| match e.code() {
             ErrorCode::InvalidPayload => invalid_ciphertext(),
@@ -294,7 +326,12 @@ pub(super) async fn generate_data_key(
     OsRng.fill_bytes(&mut plaintext);
     let sealed = api
         .keys
-        .seal_with(ctx, &id, &plaintext, &context_bytes(&request.encryption_context))
+        .seal_with(
+            ctx,
+            &id,
+            &plaintext,
+            &context_bytes(&request.encryption_context),
+        )
         .await?;
     let mut answer = json!({
         "CiphertextBlob": B64.encode(blob(&id, &sealed)?),
@@ -314,7 +351,8 @@ mod tests {
     /// ciphertexts made before still open.
     #[test]
     fn the_context_encoding_is_pinned() {
-        let context = EncryptionContext::from([("b".into(), "22".into()), ("a".into(), "1".into())]);
+        let context =
+            EncryptionContext::from([("b".into(), "22".into()), ("a".into(), "1".into())]);
         assert_eq!(
             context_bytes(&context),
             [0, 0, 0, 1, b'a', 0, 0, 0, 1, b'1', 0, 0, 0, 1, b'b', 0, 0, 0, 2, b'2', b'2']

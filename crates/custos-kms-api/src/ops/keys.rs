@@ -35,14 +35,20 @@ fn tag_map(tags: &[Tag]) -> Result<BTreeMap<String, String>, KmsError> {
     let mut map = BTreeMap::new();
     for tag in tags {
         if tag.tag_key.starts_with("aws:") {
-            return Err(KmsError::validation("tag keys beginning with aws: are reserved"));
+            return Err(KmsError::validation(
+                "tag keys beginning with aws: are reserved",
+            ));
         }
         map.insert(tag.tag_key.clone(), tag.tag_value.clone());
     }
     Ok(map)
 }
 
-pub(super) async fn create_key(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> Result<Value, KmsError> {
+pub(super) async fn create_key(
+    api: &KmsApi,
+    ctx: &RequestContext,
+    body: &[u8],
+) -> Result<Value, KmsError> {
     let request: requests::CreateKey = decode(body)?;
     let spec = request
         .key_spec
@@ -56,7 +62,9 @@ pub(super) async fn create_key(api: &KmsApi, ctx: &RequestContext, body: &[u8]) 
     let key = match (origin, spec) {
         ("AWS_KMS", "SYMMETRIC_DEFAULT") => {
             if usage.is_some_and(|u| u != "ENCRYPT_DECRYPT") {
-                return Err(KmsError::validation("a SYMMETRIC_DEFAULT key is for ENCRYPT_DECRYPT"));
+                return Err(KmsError::validation(
+                    "a SYMMETRIC_DEFAULT key is for ENCRYPT_DECRYPT",
+                ));
             }
             Key::Symmetric(
                 api.keys
@@ -79,7 +87,9 @@ pub(super) async fn create_key(api: &KmsApi, ctx: &RequestContext, body: &[u8]) 
                 }
             })?;
             if usage.is_some_and(|u| u != "SIGN_VERIFY") {
-                return Err(KmsError::validation(format!("a {spec} key is for SIGN_VERIFY")));
+                return Err(KmsError::validation(format!(
+                    "a {spec} key is for SIGN_VERIFY"
+                )));
             }
             if origin == "EXTERNAL" {
                 Key::Pending(
@@ -103,18 +113,28 @@ pub(super) async fn create_key(api: &KmsApi, ctx: &RequestContext, body: &[u8]) 
         }
     };
     if !tags.is_empty() {
-        api.keys.update_tags(ctx, key.id(), tags, Vec::new()).await?;
+        api.keys
+            .update_tags(ctx, key.id(), tags, Vec::new())
+            .await?;
     }
     Ok(json!({ "KeyMetadata": api.metadata(ctx, &key).await? }))
 }
 
-pub(super) async fn describe_key(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> Result<Value, KmsError> {
+pub(super) async fn describe_key(
+    api: &KmsApi,
+    ctx: &RequestContext,
+    body: &[u8],
+) -> Result<Value, KmsError> {
     let request: requests::KeyIdOnly = decode(body)?;
     let key = api.resolve(&request.key_id).await?;
     Ok(json!({ "KeyMetadata": api.metadata(ctx, &key).await? }))
 }
 
-pub(super) async fn list_keys(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> Result<Value, KmsError> {
+pub(super) async fn list_keys(
+    api: &KmsApi,
+    ctx: &RequestContext,
+    body: &[u8],
+) -> Result<Value, KmsError> {
     let request: requests::List = decode(body)?;
     let mut ids: Vec<(String, ())> = api
         .keys
@@ -153,7 +173,11 @@ pub(super) async fn list_keys(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -
     Ok(answer)
 }
 
-pub(super) async fn get_public_key(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> Result<Value, KmsError> {
+pub(super) async fn get_public_key(
+    api: &KmsApi,
+    ctx: &RequestContext,
+    body: &[u8],
+) -> Result<Value, KmsError> {
     let request: requests::KeyIdOnly = decode(body)?;
     let Key::Asymmetric(name) = api.resolve(&request.key_id).await? else {
         return Err(KmsError::new(
@@ -195,7 +219,9 @@ pub(super) async fn change_state(
             let days = u32::try_from(days)
                 .ok()
                 .filter(|d| (7..=30).contains(d))
-                .ok_or_else(|| KmsError::validation("PendingWindowInDays must be between 7 and 30"))?;
+                .ok_or_else(|| {
+                    KmsError::validation("PendingWindowInDays must be between 7 and 30")
+                })?;
             (request.key_id, KeyStateChange::ScheduleDeletion { days })
         }
         other => {
@@ -225,7 +251,11 @@ pub(super) async fn change_state(
 
 /// `GetKeyRotationStatus`: a Custos key with a rotation policy rotates (on its schedule); sealing keys
 /// and keys awaiting material do not.
-pub(super) async fn rotation_status(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> Result<Value, KmsError> {
+pub(super) async fn rotation_status(
+    api: &KmsApi,
+    ctx: &RequestContext,
+    body: &[u8],
+) -> Result<Value, KmsError> {
     let request: requests::KeyIdOnly = decode(body)?;
     let key = api.resolve(&request.key_id).await?;
     let mut answer = json!({ "KeyId": api.arn(key.id()), "KeyRotationEnabled": false });
@@ -239,13 +269,21 @@ pub(super) async fn rotation_status(api: &KmsApi, ctx: &RequestContext, body: &[
         }
     } else {
         api.keys
-            .authorize(ctx, custos_core::Operation::ReadKeys, "rotation_policy_read")
+            .authorize(
+                ctx,
+                custos_core::Operation::ReadKeys,
+                "rotation_policy_read",
+            )
             .await?;
     }
     Ok(answer)
 }
 
-pub(super) async fn tag_resource(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> Result<Value, KmsError> {
+pub(super) async fn tag_resource(
+    api: &KmsApi,
+    ctx: &RequestContext,
+    body: &[u8],
+) -> Result<Value, KmsError> {
     let request: requests::TagResource = decode(body)?;
     let key = api.resolve(&request.key_id).await?;
     api.keys
@@ -254,7 +292,11 @@ pub(super) async fn tag_resource(api: &KmsApi, ctx: &RequestContext, body: &[u8]
     Ok(json!({}))
 }
 
-pub(super) async fn untag_resource(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> Result<Value, KmsError> {
+pub(super) async fn untag_resource(
+    api: &KmsApi,
+    ctx: &RequestContext,
+    body: &[u8],
+) -> Result<Value, KmsError> {
     let request: requests::UntagResource = decode(body)?;
     let key = api.resolve(&request.key_id).await?;
     api.keys
@@ -263,7 +305,11 @@ pub(super) async fn untag_resource(api: &KmsApi, ctx: &RequestContext, body: &[u
     Ok(json!({}))
 }
 
-pub(super) async fn list_resource_tags(api: &KmsApi, ctx: &RequestContext, body: &[u8]) -> Result<Value, KmsError> {
+pub(super) async fn list_resource_tags(
+    api: &KmsApi,
+    ctx: &RequestContext,
+    body: &[u8],
+) -> Result<Value, KmsError> {
     let request: requests::KeyIdOnly = decode(body)?;
     let key = api.resolve(&request.key_id).await?;
     let tags: Vec<Value> = api

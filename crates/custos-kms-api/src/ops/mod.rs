@@ -78,8 +78,12 @@ pub(crate) fn state_name(state: KeyState, pending_import: bool) -> &'static str 
 impl KmsApi {
     /// Resolves a key id, key ARN, alias name or alias ARN. A destroyed key is not found, as in AWS.
     pub(crate) async fn resolve(&self, key_id: &str) -> Result<Key, KmsError> {
-        let not_found =
-            || KmsError::new("NotFoundException", format!("Key '{key_id}' does not exist"));
+        let not_found = || {
+            KmsError::new(
+                "NotFoundException",
+                format!("Key '{key_id}' does not exist"),
+            )
+        };
         let mut id = key_id;
         if let Some(rest) = id.strip_prefix("arn:") {
             // arn:aws:kms:<region>:<account>:<resource>
@@ -113,7 +117,14 @@ impl KmsApi {
     }
 
     /// A key's `KeyMetadata`, from its record.
-    pub(crate) fn metadata_of(&self, id: &str, description: &str, state: &'static str, deletion: Option<custos_types::Timestamp>, created: custos_types::Timestamp) -> Value {
+    pub(crate) fn metadata_of(
+        &self,
+        id: &str,
+        description: &str,
+        state: &'static str,
+        deletion: Option<custos_types::Timestamp>,
+        created: custos_types::Timestamp,
+    ) -> Value {
         let mut meta = json!({
             "AWSAccountId": self.account,
             "KeyId": id,
@@ -133,7 +144,11 @@ impl KmsApi {
     }
 
     /// The metadata of a resolved key; reading a Custos key's record needs `keys:read`.
-    pub(crate) async fn metadata(&self, ctx: &RequestContext, key: &Key) -> Result<Value, KmsError> {
+    pub(crate) async fn metadata(
+        &self,
+        ctx: &RequestContext,
+        key: &Key,
+    ) -> Result<Value, KmsError> {
         Ok(match key {
             Key::Asymmetric(name) => {
                 let record: Arc<KeyRecord> = self.keys.key(ctx, name).await?;
@@ -203,7 +218,10 @@ pub(crate) fn page<T>(
     items.sort_by(|a, b| a.0.cmp(&b.0));
     let start = match marker {
         None => 0,
-        Some(m) => items.iter().position(|(id, _)| id.as_str() > m).unwrap_or(items.len()),
+        Some(m) => items
+            .iter()
+            .position(|(id, _)| id.as_str() > m)
+            .unwrap_or(items.len()),
     };
     let mut rest: Vec<(String, T)> = items.into_iter().skip(start).collect();
     let next = (rest.len() > limit).then(|| rest[limit - 1].0.clone());
@@ -235,9 +253,7 @@ pub(crate) async fn run(
         "Encrypt" => crypto::encrypt(api, ctx, body).await,
         "Decrypt" => crypto::decrypt(api, ctx, body).await,
         "GenerateDataKey" => crypto::generate_data_key(api, ctx, body, true).await,
-        "GenerateDataKeyWithoutPlaintext" => {
-            crypto::generate_data_key(api, ctx, body, false).await
-        }
+        "GenerateDataKeyWithoutPlaintext" => crypto::generate_data_key(api, ctx, body, false).await,
         "CreateAlias" => aliases::create_alias(api, ctx, body).await,
         "UpdateAlias" => aliases::update_alias(api, ctx, body).await,
         "DeleteAlias" => aliases::delete_alias(api, ctx, body).await,

@@ -87,7 +87,9 @@ impl ClientKeyStore for SqliteStore {
                 params![namespace, id, key.as_str()],
             )?;
             if changed == 0 {
-                return Err(StoreError::NotFound(format!("client key {id} in {namespace}")));
+                return Err(StoreError::NotFound(format!(
+                    "client key {id} in {namespace}"
+                )));
             }
             Ok(())
         })

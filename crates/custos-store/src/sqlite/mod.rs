@@ -40,7 +40,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_sign_watermarks",
         include_str!("../../migrations/0003_sign_watermarks.sql"),
     ),
-    ("0004_leases", include_str!("../../migrations/0004_leases.sql")),
+    (
+        "0004_leases",
+        include_str!("../../migrations/0004_leases.sql"),
+    ),
     (
         "0005_key_state_and_records",
         include_str!("../../migrations/0005_key_state_and_records.sql"),

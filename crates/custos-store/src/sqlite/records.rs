@@ -2,8 +2,8 @@
 
 use async_trait::async_trait;
 use custos_types::{
-    AliasRecord, ImportRecord, ImportWrapping, KeyRecord, KeyState, ProviderName,
-    SealingKeyRecord, Timestamp,
+    AliasRecord, ImportRecord, ImportWrapping, KeyRecord, KeyState, ProviderName, SealingKeyRecord,
+    Timestamp,
 };
 use rusqlite::{params, OptionalExtension as _, Row, TransactionBehavior};
 

@@ -31,10 +31,17 @@ async fn the_database_is_private_and_survives_reopening() {
         Err(StoreError::NotInitialised(_))
     ));
     let store = SqliteStore::create(&dir).unwrap();
-    let mode = std::fs::metadata(store.path()).unwrap().permissions().mode();
+    let mode = std::fs::metadata(store.path())
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let dir_mode = std::fs::metadata(&dir).unwrap().permissions().mode();
-    assert_eq!(dir_mode & 0o077, 0, "the data directory is not group or world readable");
+    assert_eq!(
+        dir_mode & 0o077,
+        0,
+        "the data directory is not group or world readable"
+    );
     store.create_key(&conformance::key("a")).await.unwrap();
     drop(store);
     let store = SqliteStore::open(&dir).unwrap();
@@ -52,7 +59,10 @@ async fn a_closed_store_is_unavailable() {
     let store = SqliteStore::create(dir.path()).unwrap();
     store.ping().await.unwrap();
     store.close();
-    assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(
+        store.ping().await,
+        Err(StoreError::Unavailable(_))
+    ));
 }
 
 #[test]
@@ -81,7 +91,11 @@ async fn migration_5_moves_the_compatibility_settings_into_tables() {
             tx.execute_batch(sql).unwrap();
         }
         tx.pragma_update(None, "user_version", 4u32).unwrap();
-        let public = hex::encode(conformance::version(1, VersionState::Current).public_key.as_bytes());
+        let public = hex::encode(
+            conformance::version(1, VersionState::Current)
+                .public_key
+                .as_bytes(),
+        );
         tx.execute_batch(&format!(
             "INSERT INTO keys VALUES ('k1', 'ed25519', '[\"soft\"]', '2026-01-01T00:00:00Z');
              INSERT INTO key_versions VALUES ('k1', 1, 'current', x'{public}', '2026-01-01T00:00:00Z');
@@ -92,15 +106,33 @@ async fn migration_5_moves_the_compatibility_settings_into_tables() {
         ))
         .unwrap();
         let settings: &[(&str, &str)] = &[
-            ("kms_state:k1", r#"{"state":"Disabled","description":"old","deletion_date":null,"created":"2026-01-01T00:00:00Z"}"#),
-            ("kms_state:k2", r#"{"state":"PendingDeletion","description":"","deletion_date":"2026-02-01T00:00:00Z","created":null}"#),
+            (
+                "kms_state:k1",
+                r#"{"state":"Disabled","description":"old","deletion_date":null,"created":"2026-01-01T00:00:00Z"}"#,
+            ),
+            (
+                "kms_state:k2",
+                r#"{"state":"PendingDeletion","description":"","deletion_date":"2026-02-01T00:00:00Z","created":null}"#,
+            ),
             ("kms_symmetric:s1", "soft"),
-            ("kms_state:s1", r#"{"state":"Enabled","description":"sym","deletion_date":null,"created":"2026-01-02T00:00:00Z"}"#),
+            (
+                "kms_state:s1",
+                r#"{"state":"Enabled","description":"sym","deletion_date":null,"created":"2026-01-02T00:00:00Z"}"#,
+            ),
             ("kms_pending:i1", "ECC_NIST_P256"),
-            ("kms_import:i1", r#"{"sealed_wrapping_key":"0102","token_hash":"0303030303030303030303030303030303030303030303030303030303030303","algorithm":"RSAES_OAEP_SHA_256","valid_to":"2026-01-03T00:00:00Z"}"#),
+            (
+                "kms_import:i1",
+                r#"{"sealed_wrapping_key":"0102","token_hash":"0303030303030303030303030303030303030303030303030303030303030303","algorithm":"RSAES_OAEP_SHA_256","valid_to":"2026-01-03T00:00:00Z"}"#,
+            ),
             ("kms_alias:alias/pay", "k1"),
-            ("bitgo_key:user:abc", r#"{"pub":"xpub1","coin":"btc","source":"user","type":"independent","sealed":"0a0b","created_at":"2026-01-04T00:00:00Z"}"#),
-            ("bitgo_generated:backup:def", r#"{"pub":"02ab","coin":"eth","source":"backup","type":"tss","key":"k2"}"#),
+            (
+                "bitgo_key:user:abc",
+                r#"{"pub":"xpub1","coin":"btc","source":"user","type":"independent","sealed":"0a0b","created_at":"2026-01-04T00:00:00Z"}"#,
+            ),
+            (
+                "bitgo_generated:backup:def",
+                r#"{"pub":"02ab","coin":"eth","source":"backup","type":"tss","key":"k2"}"#,
+            ),
             ("rotation_policy:k1", "{}"),
         ];
         for (name, value) in settings {
@@ -113,9 +145,20 @@ async fn migration_5_moves_the_compatibility_settings_into_tables() {
         tx.commit().unwrap();
     }
     let store = SqliteStore::open(dir.path()).unwrap();
-    let k1 = store.get_key(&KeyName::new("k1").unwrap()).await.unwrap().unwrap();
-    assert_eq!((k1.state, k1.kind, k1.description.as_str()), (KeyState::Disabled, KeyKind::Standard, "old"));
-    let k2 = store.get_key(&KeyName::new("k2").unwrap()).await.unwrap().unwrap();
+    let k1 = store
+        .get_key(&KeyName::new("k1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (k1.state, k1.kind, k1.description.as_str()),
+        (KeyState::Disabled, KeyKind::Standard, "old")
+    );
+    let k2 = store
+        .get_key(&KeyName::new("k2").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         k2.state,
         KeyState::PendingDeletion {
@@ -124,16 +167,33 @@ async fn migration_5_moves_the_compatibility_settings_into_tables() {
     );
     assert_eq!(k2.current().unwrap().version, KeyVersion(1));
     let sym = store.get_sealing_key("s1").await.unwrap().unwrap();
-    assert_eq!((sym.state, sym.description.as_str(), sym.provider.as_str()), (KeyState::Enabled, "sym", "soft"));
+    assert_eq!(
+        (sym.state, sym.description.as_str(), sym.provider.as_str()),
+        (KeyState::Enabled, "sym", "soft")
+    );
     let import = store.get_import("i1").await.unwrap().unwrap();
     assert_eq!(import.algorithm, custos_types::Algorithm::P256);
     let wrapping = import.wrapping.unwrap();
-    assert_eq!((wrapping.sealed_private_key, wrapping.token_hash), (vec![1, 2], [3; 32]));
-    assert_eq!(store.get_alias("alias/pay").await.unwrap().unwrap().target, "k1");
-    let stored = store.get_client_key("bitgo:user", "xpub1").await.unwrap().unwrap();
+    assert_eq!(
+        (wrapping.sealed_private_key, wrapping.token_hash),
+        (vec![1, 2], [3; 32])
+    );
+    assert_eq!(
+        store.get_alias("alias/pay").await.unwrap().unwrap().target,
+        "k1"
+    );
+    let stored = store
+        .get_client_key("bitgo:user", "xpub1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((stored.sealed, stored.key), (Some(vec![0x0a, 0x0b]), None));
     assert_eq!(stored.attributes["coin"], "btc");
-    let generated = store.get_client_key("bitgo:backup", "02ab").await.unwrap().unwrap();
+    let generated = store
+        .get_client_key("bitgo:backup", "02ab")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(generated.key, Some(KeyName::new("k2").unwrap()));
     assert_eq!(generated.attributes["type"], "tss");
     let left: Vec<String> = store
@@ -143,5 +203,9 @@ async fn migration_5_moves_the_compatibility_settings_into_tables() {
         .into_iter()
         .map(|(name, _)| name)
         .collect();
-    assert_eq!(left, ["rotation_policy:k1"], "only settings that stay settings are left");
+    assert_eq!(
+        left,
+        ["rotation_policy:k1"],
+        "only settings that stay settings are left"
+    );
 }

@@ -137,7 +137,11 @@ async fn state(
     conn: &crate::cli::Conn,
 ) -> anyhow::Result<()> {
     let key: KeyView = connect(conn)?
-        .call(Method::POST, &format!("/v1/keys/{name}/{action}"), body.as_ref())
+        .call(
+            Method::POST,
+            &format!("/v1/keys/{name}/{action}"),
+            body.as_ref(),
+        )
         .await?;
     if conn.json {
         return print_json(&key);

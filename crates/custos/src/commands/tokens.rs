@@ -108,7 +108,9 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
             out!();
             out!("  {}", issued.token.expose_secret());
             out!();
-            out!("A running server sees it after a restart. Shown once; Custos keeps only its hash.");
+            out!(
+                "A running server sees it after a restart. Shown once; Custos keeps only its hash."
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -61,7 +61,11 @@ fn factories() -> Vec<&'static dyn ProviderFactory> {
 }
 
 /// Families a build may leave out, and the cargo feature that brings each in.
-const FEATURES: &[(&str, &str)] = &[("pkcs11", "pkcs11"), ("yubihsm", "yubihsm"), ("awskms", "awskms")];
+const FEATURES: &[(&str, &str)] = &[
+    ("pkcs11", "pkcs11"),
+    ("yubihsm", "yubihsm"),
+    ("awskms", "awskms"),
+];
 
 fn factory(kind: &str) -> anyhow::Result<&'static dyn ProviderFactory> {
     if let Some(factory) = factories().into_iter().find(|f| f.kind() == kind) {

@@ -68,7 +68,8 @@ impl ProviderFactory for Yubihsm {
         _env: &BuildEnv<'_>,
     ) -> anyhow::Result<Arc<dyn KeyProvider>> {
         let settings: Settings = settings(table)?;
-        let (addr, port) = host_port(&settings.connector).with_context(|| format!("provider {name}"))?;
+        let (addr, port) =
+            host_port(&settings.connector).with_context(|| format!("provider {name}"))?;
         let http = yubihsm::HttpConfig {
             addr,
             port,
