@@ -93,9 +93,9 @@ pub fn parse(header: &str) -> Result<Authorization, SigV4Error> {
     })
 }
 
+#[expect(clippy::expect_used, reason = "HMAC-SHA256 takes keys of any length")]
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(data);
     mac.finalize().into_bytes().to_vec()
 }

@@ -202,7 +202,7 @@ mod tests {
             assert!(code
                 .as_str()
                 .chars()
-                .all(|c| c.is_ascii_lowercase() || c == '_'));
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
             assert_eq!(ErrorCode::parse(code.as_str()), Some(*code));
             assert!((400..600).contains(&code.status()), "{code}");
             assert!(!code.meaning().is_empty());

@@ -76,6 +76,7 @@ impl PrivateKey {
     }
 
     /// The matching public key.
+    #[expect(clippy::expect_used, reason = "the bytes come from a valid signing key, so they are a valid public key")]
     pub fn public_key(&self) -> PublicKey {
         let (alg, bytes) = match self {
             PrivateKey::Ed25519(k) => (Algorithm::Ed25519, k.verifying_key().to_bytes().to_vec()),
@@ -94,8 +95,7 @@ impl PrivateKey {
                     .to_vec(),
             ),
         };
-        // The bytes come from a valid signing key, so they are a valid public key.
-        PublicKey::from_bytes(alg, &bytes).unwrap_or_else(|_| unreachable!("own public key"))
+        PublicKey::from_bytes(alg, &bytes).expect("a valid signing key has a valid public key")
     }
 
     /// Signs: the message for Ed25519, the 32-byte digest for ECDSA (RFC 6979 deterministic nonces).
