@@ -318,6 +318,7 @@ pub(crate) async fn start_server(
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    custos_http::install_crypto_provider();
     if args.mode == Mode::Softhsm {
         return softhsm::run(&args);
     }

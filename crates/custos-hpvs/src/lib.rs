@@ -157,11 +157,27 @@ pub fn decrypt_section(blob: &str, key: &RsaPrivateKey) -> Result<Vec<u8>, HpvsE
     };
     let wrapped = unb64(password, "the password part is not base64")?;
     let payload = unb64(payload, "the payload part is not base64")?;
-    let password = Zeroizing::new(
-        key.decrypt(Pkcs1v15Encrypt, &wrapped)
-            .map_err(|_| HpvsError::Decrypt)?,
-    );
+    let password = pkcs1_decrypt(key, &wrapped)?;
     openssl_decrypt(openssl_stdin_password(&password), &payload)
+}
+
+/// RSA PKCS#1 v1.5 decryption with `aws-lc-rs`, which is constant-time (the `rsa` crate's is not:
+/// RUSTSEC-2023-0071); every failure is the same error.
+fn pkcs1_decrypt(key: &RsaPrivateKey, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, HpvsError> {
+    use rsa::pkcs8::EncodePrivateKey as _;
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|e| HpvsError::BadKey(format!("cannot encode the RSA key: {e}")))?;
+    let key = aws_lc_rs::rsa::PrivateDecryptingKey::from_pkcs8(der.as_bytes())
+        .map_err(|e| HpvsError::BadKey(format!("the RSA key is not usable: {e}")))?;
+    let key = aws_lc_rs::rsa::Pkcs1PrivateDecryptingKey::new(key).map_err(|_| HpvsError::Decrypt)?;
+    let mut out = Zeroizing::new(vec![0u8; key.min_output_size()]);
+    let len = key
+        .decrypt(ciphertext, &mut out)
+        .map_err(|_| HpvsError::Decrypt)?
+        .len();
+    out.truncate(len);
+    Ok(out)
 }
 
 /// `envWorkloadSignature`: base64 RSA PKCS#1 v1.5 / SHA-256 over the encrypted workload then the env.

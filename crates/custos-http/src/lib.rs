@@ -28,7 +28,7 @@ use tracing::Instrument as _;
 
 pub use error::ApiError;
 pub use extract::{context, parse, Auth, Body, ClientCertificate, KeyPath, RequestId};
-pub use tls::{fingerprint, read_allowlist, TlsFiles};
+pub use tls::{fingerprint, install_crypto_provider, read_allowlist, TlsFiles};
 
 /// The services every handler uses.
 #[derive(Debug, Clone)]

@@ -31,6 +31,12 @@ use crate::extract::ClientCertificate;
 use custos_audit::{AuditEntry, Outcome};
 use custos_core::AuditLog;
 
+/// Makes `aws-lc-rs` the process's TLS crypto provider (Custos's only one), for every rustls user that
+/// asks for the default (reqwest clients among them). Calling it again changes nothing.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// TLS files.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -283,7 +289,7 @@ async fn record_reload(files: &TlsFiles, what: &str, detail: String, error: Opti
 
 /// Builds the acceptor and starts the task that reloads certificates and the allowlist when they change.
 pub async fn acceptor(files: TlsFiles) -> io::Result<ClientCertAcceptor> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let clients = match &files.client_allowlist {
         Some(path) => Some(Arc::new(PinnedClients {
             allowed: RwLock::new(read_allowlist(path)?),

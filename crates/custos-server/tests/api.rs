@@ -65,6 +65,7 @@ async fn start_inner(
     options: HttpOptions,
     audit_out: Option<Arc<std::sync::Mutex<Option<Arc<AuditLog>>>>>,
 ) -> Server {
+    custos_http::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::create(dir.path()).unwrap());
     let soft = SoftProvider::open(

@@ -59,6 +59,7 @@ pub fn signature_header(secret: &SecretString, body: &[u8]) -> String {
 }
 
 async fn deliver(webhooks: Vec<Webhook>, mut rx: mpsc::Receiver<(Event, Timestamp)>) {
+    custos_http::install_crypto_provider();
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
