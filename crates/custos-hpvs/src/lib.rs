@@ -170,7 +170,8 @@ fn pkcs1_decrypt(key: &RsaPrivateKey, ciphertext: &[u8]) -> Result<Zeroizing<Vec
         .map_err(|e| HpvsError::BadKey(format!("cannot encode the RSA key: {e}")))?;
     let key = aws_lc_rs::rsa::PrivateDecryptingKey::from_pkcs8(der.as_bytes())
         .map_err(|e| HpvsError::BadKey(format!("the RSA key is not usable: {e}")))?;
-    let key = aws_lc_rs::rsa::Pkcs1PrivateDecryptingKey::new(key).map_err(|_| HpvsError::Decrypt)?;
+    let key =
+        aws_lc_rs::rsa::Pkcs1PrivateDecryptingKey::new(key).map_err(|_| HpvsError::Decrypt)?;
     let mut out = Zeroizing::new(vec![0u8; key.min_output_size()]);
     let len = key
         .decrypt(ciphertext, &mut out)

@@ -76,7 +76,10 @@ impl PrivateKey {
     }
 
     /// The matching public key.
-    #[expect(clippy::expect_used, reason = "the bytes come from a valid signing key, so they are a valid public key")]
+    #[expect(
+        clippy::expect_used,
+        reason = "the bytes come from a valid signing key, so they are a valid public key"
+    )]
     pub fn public_key(&self) -> PublicKey {
         let (alg, bytes) = match self {
             PrivateKey::Ed25519(k) => (Algorithm::Ed25519, k.verifying_key().to_bytes().to_vec()),
