@@ -128,6 +128,17 @@ mod tests {
         .unwrap();
         assert_eq!(store.kind, KeyType::Tss);
         assert_eq!(Source::User.namespace(), "bitgo:user");
+        let generate: GenerateKey =
+            serde_json::from_str(r#"{"coin":"tsol","source":"backup","type":"independent"}"#).unwrap();
+        assert_eq!((generate.coin.as_str(), generate.source), ("tsol", Source::Backup));
+        assert!(serde_json::from_str::<GenerateKey>(r#"{"coin":"btc","source":"user"}"#).is_err());
+        let query: SourceQuery = serde_json::from_str(r#"{"source":"user"}"#).unwrap();
+        assert_eq!(query.source, Source::User);
+        let data: DataKey = serde_json::from_str(r#"{"keyType":"AES-256"}"#).unwrap();
+        assert_eq!(data.key_type, "AES-256");
+        assert!(serde_json::from_str::<DataKey>(r#"{"key_type":"AES-256"}"#).is_err());
+        let decrypt: DecryptDataKey = serde_json::from_str(r#"{"encryptedKey":"1,2,3"}"#).unwrap();
+        assert_eq!(decrypt.encrypted_key, "1,2,3");
         assert_eq!(
             KeyType::parse(KeyType::Independent.as_str()),
             Some(KeyType::Independent)

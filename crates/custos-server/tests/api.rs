@@ -230,7 +230,7 @@ fn pem_of(key: &KeyView, version: usize) -> String {
 }
 
 #[tokio::test]
-async fn every_route_works() {
+async fn health_and_the_openapi_document_answer_without_a_token() {
     let s = start().await;
     let (status, health) = s.call("GET", "/v1/health", None, None).await;
     assert_eq!(status, StatusCode::OK);
@@ -255,7 +255,11 @@ async fn every_route_works() {
             "openapi.json lacks {path}"
         );
     }
+}
 
+#[tokio::test]
+async fn keys_are_created_listed_and_shown_with_every_public_key_form() {
+    let s = start().await;
     let ed = s.create("seq-1", "ed25519").await;
     let k1 = s.create("eth-1", "secp256k1").await;
     let p = s.create("p-1", "p256").await;
@@ -287,7 +291,12 @@ async fn every_route_works() {
         shown["versions"][0]["public_key"]["pem"],
         p.versions[0].public_key.pem
     );
+}
 
+#[tokio::test]
+async fn ed25519_signatures_verify_under_openssl_and_over_http() {
+    let s = start().await;
+    let ed = s.create("seq-1", "ed25519").await;
     // Ed25519 over HTTP, checked by OpenSSL.
     let message = b"block 1".to_vec();
     let (status, body) = s
@@ -324,7 +333,14 @@ async fn every_route_works() {
         )
         .await;
     assert_eq!(verified, json!({"valid": false}));
+}
 
+#[tokio::test]
+async fn ecdsa_signatures_in_every_hash_and_format_verify_under_openssl() {
+    let s = start().await;
+    let k1 = s.create("eth-1", "secp256k1").await;
+    let p = s.create("p-1", "p256").await;
+    let message = b"block 1".to_vec();
     // ECDSA: SHA-256 default, keccak256, a given digest, DER; each checked by OpenSSL.
     for (key, alg) in [(&k1, Algorithm::Secp256k1), (&p, Algorithm::P256)] {
         for (hash, request) in [
@@ -374,7 +390,12 @@ async fn every_route_works() {
             .await;
         assert_eq!(verified["valid"], true);
     }
+}
 
+#[tokio::test]
+async fn a_batch_answers_in_input_order_and_bad_items_fail_alone() {
+    let s = start().await;
+    let ed = s.create("seq-1", "ed25519").await;
     // Batch: results in input order, bad items fail alone.
     let items = json!({"items": [
         {"message": b64::encode(b"a")},
@@ -398,7 +419,17 @@ async fn every_route_works() {
             true,
         );
     }
+}
 
+#[tokio::test]
+async fn a_rotated_key_signs_with_version_2_and_version_1_on_request() {
+    let s = start().await;
+    s.create("seq-1", "ed25519").await;
+    let message = b"block 1".to_vec();
+    let (_, first) = s
+        .post("/v1/keys/seq-1/sign", json!({"message": b64::encode(&message)}))
+        .await;
+    let signed: SignResponse = serde_json::from_value(first).unwrap();
     // Rotate: version 2 is current, version 1 stays enabled and still signs by version.
     let (status, rotated) = s.post("/v1/keys/seq-1/rotate", json!({})).await;
     assert_eq!(status, StatusCode::OK, "{rotated}");
@@ -423,7 +454,13 @@ async fn every_route_works() {
         v1["signature"], signed.signature,
         "Ed25519 is deterministic: the same key signs the same bytes"
     );
+}
 
+#[tokio::test]
+async fn a_scoped_token_signs_only_what_its_pattern_allows() {
+    let s = start().await;
+    s.create("seq-1", "ed25519").await;
+    s.create("p-1", "p256").await;
     // Tokens: a scoped token signs only what its pattern allows.
     let (status, token) = s
         .post(
@@ -452,6 +489,36 @@ async fn every_route_works() {
         (status, err["error"]["code"].as_str()),
         (StatusCode::FORBIDDEN, Some("forbidden"))
     );
+}
+
+#[tokio::test]
+async fn a_disabled_or_deleted_key_refuses_and_only_admin_schedules_deletion() {
+    let s = start().await;
+    s.create("k", "ed25519").await;
+    let sign = json!({"message": b64::encode(b"x")});
+    let (status, key) = s.post("/v1/keys/k/disable", json!({})).await;
+    assert_eq!((status, key["state"].as_str()), (StatusCode::OK, Some("disabled")));
+    let (status, err) = s.post("/v1/keys/k/sign", sign.clone()).await;
+    assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("key_disabled")));
+    s.post("/v1/keys/k/enable", json!({})).await;
+    let rotator = s.token(&["keys:rotate"]).await;
+    let (status, err) = s
+        .call("POST", "/v1/keys/k/schedule-deletion", Some(&rotator), Some(b"{}".to_vec()))
+        .await;
+    assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    let (status, key) = s
+        .post("/v1/keys/k/schedule-deletion", json!({"pending_window_days": 7}))
+        .await;
+    assert_eq!((status, key["state"].as_str()), (StatusCode::OK, Some("pending_deletion")));
+    assert!(key["deletion_date"].is_string());
+    let (status, err) = s.post("/v1/keys/k/sign", sign.clone()).await;
+    assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("key_pending_deletion")));
+    let (status, err) = s.post("/v1/keys/k/enable", json!({})).await;
+    assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("invalid_key_state")));
+    let (status, err) = s.post("/v1/keys/k/schedule-deletion", json!({"pending_window_days": 3})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    let (status, key) = s.post("/v1/keys/k/cancel-deletion", json!({})).await;
+    assert_eq!((status, key["state"].as_str()), (StatusCode::OK, Some("disabled")));
 }
 
 /// Method, path, token, body, expected status, expected code.
