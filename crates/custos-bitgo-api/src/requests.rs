@@ -129,8 +129,12 @@ mod tests {
         assert_eq!(store.kind, KeyType::Tss);
         assert_eq!(Source::User.namespace(), "bitgo:user");
         let generate: GenerateKey =
-            serde_json::from_str(r#"{"coin":"tsol","source":"backup","type":"independent"}"#).unwrap();
-        assert_eq!((generate.coin.as_str(), generate.source), ("tsol", Source::Backup));
+            serde_json::from_str(r#"{"coin":"tsol","source":"backup","type":"independent"}"#)
+                .unwrap();
+        assert_eq!(
+            (generate.coin.as_str(), generate.source),
+            ("tsol", Source::Backup)
+        );
         assert!(serde_json::from_str::<GenerateKey>(r#"{"coin":"btc","source":"user"}"#).is_err());
         let query: SourceQuery = serde_json::from_str(r#"{"source":"user"}"#).unwrap();
         assert_eq!(query.source, Source::User);

@@ -25,6 +25,8 @@ mod payload;
 mod policy;
 mod registry;
 mod rotation;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 mod wrapping;
 
 pub use access::{

@@ -427,7 +427,10 @@ async fn a_rotated_key_signs_with_version_2_and_version_1_on_request() {
     s.create("seq-1", "ed25519").await;
     let message = b"block 1".to_vec();
     let (_, first) = s
-        .post("/v1/keys/seq-1/sign", json!({"message": b64::encode(&message)}))
+        .post(
+            "/v1/keys/seq-1/sign",
+            json!({"message": b64::encode(&message)}),
+        )
         .await;
     let signed: SignResponse = serde_json::from_value(first).unwrap();
     // Rotate: version 2 is current, version 1 stays enabled and still signs by version.
@@ -497,28 +500,62 @@ async fn a_disabled_or_deleted_key_refuses_and_only_admin_schedules_deletion() {
     s.create("k", "ed25519").await;
     let sign = json!({"message": b64::encode(b"x")});
     let (status, key) = s.post("/v1/keys/k/disable", json!({})).await;
-    assert_eq!((status, key["state"].as_str()), (StatusCode::OK, Some("disabled")));
+    assert_eq!(
+        (status, key["state"].as_str()),
+        (StatusCode::OK, Some("disabled"))
+    );
     let (status, err) = s.post("/v1/keys/k/sign", sign.clone()).await;
-    assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("key_disabled")));
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("key_disabled"))
+    );
     s.post("/v1/keys/k/enable", json!({})).await;
     let rotator = s.token(&["keys:rotate"]).await;
     let (status, err) = s
-        .call("POST", "/v1/keys/k/schedule-deletion", Some(&rotator), Some(b"{}".to_vec()))
+        .call(
+            "POST",
+            "/v1/keys/k/schedule-deletion",
+            Some(&rotator),
+            Some(b"{}".to_vec()),
+        )
         .await;
-    assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
     let (status, key) = s
-        .post("/v1/keys/k/schedule-deletion", json!({"pending_window_days": 7}))
+        .post(
+            "/v1/keys/k/schedule-deletion",
+            json!({"pending_window_days": 7}),
+        )
         .await;
-    assert_eq!((status, key["state"].as_str()), (StatusCode::OK, Some("pending_deletion")));
+    assert_eq!(
+        (status, key["state"].as_str()),
+        (StatusCode::OK, Some("pending_deletion"))
+    );
     assert!(key["deletion_date"].is_string());
     let (status, err) = s.post("/v1/keys/k/sign", sign.clone()).await;
-    assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("key_pending_deletion")));
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("key_pending_deletion"))
+    );
     let (status, err) = s.post("/v1/keys/k/enable", json!({})).await;
-    assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("invalid_key_state")));
-    let (status, err) = s.post("/v1/keys/k/schedule-deletion", json!({"pending_window_days": 3})).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("invalid_key_state"))
+    );
+    let (status, err) = s
+        .post(
+            "/v1/keys/k/schedule-deletion",
+            json!({"pending_window_days": 3}),
+        )
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
     let (status, key) = s.post("/v1/keys/k/cancel-deletion", json!({})).await;
-    assert_eq!((status, key["state"].as_str()), (StatusCode::OK, Some("disabled")));
+    assert_eq!(
+        (status, key["state"].as_str()),
+        (StatusCode::OK, Some("disabled"))
+    );
 }
 
 /// Method, path, token, body, expected status, expected code.

@@ -6,12 +6,9 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use custos_core::{
-    Access, AuditConfig, AuditLog, KeyManager, Metrics, RequestContext, Scopes, Settings,
-    SignInput, SignRequest, SystemClock,
-};
-use custos_provider::KeyProvider;
-use custos_types::{KeyName, PrivateKey, ProviderName};
+use custos_core::testkit::Harness;
+use custos_core::{RequestContext, SignInput, SignRequest};
+use custos_types::{KeyName, PrivateKey};
 use serde_json::{json, Value};
 
 use super::run;
@@ -19,64 +16,19 @@ use crate::KmsApi;
 
 struct Rig {
     api: KmsApi,
-    access: Arc<Access>,
-    _dir: tempfile::TempDir,
+    kit: Harness,
 }
 
 async fn rig() -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn custos_store::Store> =
-        Arc::new(custos_store::SqliteStore::create(dir.path()).unwrap());
-    let soft: Arc<dyn KeyProvider> = Arc::new(
-        custos_provider_soft::SoftProvider::open(
-            ProviderName::new("soft").unwrap(),
-            Arc::clone(&store),
-            &secrecy::SecretString::from("pw".to_owned()),
-            custos_provider_soft::KdfParams::default(),
-        )
-        .await
-        .unwrap(),
-    );
-    let metrics = Arc::new(Metrics::new());
-    let audit = AuditLog::open(
-        Arc::clone(&store),
-        Arc::clone(&soft),
-        AuditConfig::default(),
-        Arc::clone(&metrics),
-    )
-    .await
-    .unwrap();
-    let access = Arc::new(
-        Access::load(
-            Arc::clone(&store),
-            Arc::clone(&audit),
-            Scopes::default(),
-            Arc::new(SystemClock),
-        )
-        .await
-        .unwrap(),
-    );
-    let keys = Arc::new(
-        KeyManager::open(
-            store,
-            vec![soft],
-            ProviderName::new("soft").unwrap(),
-            audit,
-            metrics,
-            Settings::default(),
-        )
-        .await
-        .unwrap(),
-    );
+    let kit = Harness::new().await;
     Rig {
         api: KmsApi::new(
-            keys,
-            Arc::clone(&access),
+            Arc::clone(&kit.km),
+            Arc::clone(&kit.access),
             "eu-west-1".into(),
             "111122223333".into(),
         ),
-        access,
-        _dir: dir,
+        kit,
     }
 }
 
@@ -85,23 +37,7 @@ fn admin() -> RequestContext {
 }
 
 async fn caller(rig: &Rig, scopes: &[&str]) -> RequestContext {
-    let scopes: Vec<_> = scopes
-        .iter()
-        .map(|s| rig.access.scopes().parse(s).unwrap())
-        .collect();
-    let issued = rig
-        .access
-        .issue(&admin(), "t", &scopes, None)
-        .await
-        .unwrap();
-    RequestContext {
-        principal: Some(
-            rig.access
-                .authenticate(secrecy::ExposeSecret::expose_secret(&issued.token))
-                .unwrap(),
-        ),
-        ..RequestContext::default()
-    }
+    rig.kit.caller(scopes).await
 }
 
 async fn call(
